@@ -1,0 +1,60 @@
+"""``rag-diag models`` and ``rag-diag encode``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rag_diag.cli.app import app
+
+console = Console()
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the registered models: name, kind, dimension, whether installed, licence."""
+    from rag_diag.models import list_models
+
+    table = Table("name", "kind", "dim", "installed", "licence", "description")
+    for row in list_models():
+        table.add_row(
+            row["name"], row["kind"], str(row["dim"]), "yes" if row["installed"] else "no",
+            row["licence"], row["description"],
+        )
+    console.print(table)
+    console.print("Any local sentence-transformers / transformers folder also works as --model PATH.")
+
+
+@app.command("encode")
+def encode_command(
+    corpus: Path = typer.Option(..., help="BEIR folder, its corpus.jsonl, or a text file (one text per line)."),
+    model: str = typer.Option("minilm", help="Registered model name or a local model folder."),
+    out: Path = typer.Option(..., help="Folder to write the token store to."),
+    layer: str = typer.Option("last", help="'last', 'all', or comma-separated hidden-state indices."),
+    dtype: str = typer.Option("float32", help="Storage precision: float32 or float16."),
+    batch_size: int = typer.Option(32, min=1),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    max_seq_length: int = typer.Option(None, help="Override the model's window (tokens)."),
+) -> None:
+    """Extract every text's token embeddings in one forward pass into a memory-mapped token store."""
+    from rag_diag.corpora.io import load_corpus
+    from rag_diag.encode import encode_with_report
+
+    docs = load_corpus(corpus)
+    store, report = encode_with_report(
+        docs.texts, model=model, ids=docs.ids, layers=layer, dtype=dtype, batch_size=batch_size,
+        device=device, max_seq_length=max_seq_length, out=out, show_progress=True,
+    )
+    source = "cache hit, no encoder work" if report.cache_hit else f"{report.forward_passes} forward passes"
+    console.print(
+        f"{report.n_texts} texts, {report.n_tokens} tokens, dim {store.dim}, layers {store.layers} "
+        f"({source}) → {out}"
+    )
+    if report.n_truncated:
+        console.print(
+            f"[yellow]{report.n_truncated} of {report.n_texts} texts were longer than the "
+            f"{store.manifest['max_seq_length']}-token window and were truncated[/yellow]"
+        )

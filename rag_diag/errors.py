@@ -1,0 +1,10 @@
+"""The one exception type that the CLI turns into a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class RagDiagError(Exception):
+    """A user-facing error: bad input, a missing optional package, a refused index or cache.
+
+    The message is a single actionable line; the CLI prints ``error: <message>`` and exits 2.
+    """

@@ -28,6 +28,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     tmp = _tmp_sibling(path)
     try:
+        os.chmod(tmp, 0o644)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -54,6 +55,7 @@ def write_parquet(path: str | Path, frame: Any) -> Path:
     path = Path(path)
     tmp = _tmp_sibling(path, ".parquet")
     try:
+        os.chmod(tmp, 0o644)
         frame.write_parquet(tmp, statistics=False)
         os.replace(tmp, path)
     except BaseException:
@@ -71,6 +73,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
     except BaseException:

@@ -62,9 +62,9 @@ class TokenStore:
         return np.diff(self.offsets)
 
     def layer_position(self, layer: int | None) -> int:
-        """Index into the stored layers; ``None`` means the first stored one (the last hidden layer by default)."""
+        """Index into the stored layers; ``None`` means the deepest stored one (the last hidden layer by default)."""
         if layer is None:
-            return 0
+            return len(self.layers) - 1
         if layer not in self.layers:
             raise RagDiagError(f"layer {layer} is not in this token store (stored: {self.layers})")
         return self.layers.index(layer)
@@ -172,7 +172,7 @@ def parse_layers(layers: str | int | Sequence[int], num_layers: int) -> list[int
         values = [layers]
     else:
         values = [int(v) for v in layers]
-    resolved = [v if v >= 0 else num_layers + 1 + v for v in values]
+    resolved = sorted({v if v >= 0 else num_layers + 1 + v for v in values})
     for value in resolved:
         if not 0 <= value <= num_layers:
             raise RagDiagError(f"layer {value} is outside 0..{num_layers}")

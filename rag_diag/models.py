@@ -211,7 +211,14 @@ def gemma_path() -> Path:
         gguf_file = Path(package.assemble(gguf_dir / "gemma-3-270m-q4_k_m.gguf"))  # checks sha256
         model = AutoModel.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-        model.save_pretrained(tmp)
+        # save_pretrained refuses GGUF-loaded models: write the dequantised float32 weights directly.
+        from safetensors.torch import save_model
+
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(gguf_dir)
         (tmp / ".rag-diag-converted.json").write_text(json.dumps({"source": GEMMA_PACKAGE}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,14 +31,14 @@ def models_command() -> None:
 
 @app.command("encode")
 def encode_command(
-    corpus: Path = typer.Option(..., help="BEIR folder, its corpus.jsonl, or a text file (one text per line)."),
-    model: str = typer.Option("minilm", help="Registered model name or a local model folder."),
-    out: Path = typer.Option(..., help="Folder to write the token store to."),
-    layer: str = typer.Option("last", help="'last', 'all', or comma-separated hidden-state indices."),
-    dtype: str = typer.Option("float32", help="Storage precision: float32 or float16."),
-    batch_size: int = typer.Option(32, min=1),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    max_seq_length: int = typer.Option(None, help="Override the model's window (tokens)."),
+    corpus: Annotated[Path, typer.Option(help="BEIR folder, its corpus.jsonl, or a text file (one text per line).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the token store to.")],
+    model: Annotated[str, typer.Option(help="Registered model name or a local model folder.")] = "minilm",
+    layer: Annotated[str, typer.Option(help="'last', 'all', or comma-separated hidden-state indices.")] = "last",
+    dtype: Annotated[str, typer.Option(help="Storage precision: float32 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    max_seq_length: Annotated[int | None, typer.Option(help="Override the model's window (tokens).")] = None,
 ) -> None:
     """Extract every text's token embeddings in one forward pass into a memory-mapped token store."""
     from rag_diag.corpora.io import load_corpus

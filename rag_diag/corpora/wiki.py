@@ -34,7 +34,10 @@ _LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
 _EXTERNAL = re.compile(r"\[(?:https?:)?//\S+\s*([^\]]*)\]")
 _EMPHASIS = re.compile(r"'{2,}")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')]?\s+(?=[\"'(]?[A-Z])")
-_ABBREVIATION = re.compile(r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Gen|Col|Lt|No|vs|etc|ca|c|e\.g|i\.e|Inc|Ltd|Co|Mt|Ft|Vol|pp|Fig))\.[\"')]?$")
+_ABBREVIATION = re.compile(
+    r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Gen|Col|Lt|No|vs|etc|ca|c|e\.g|i\.e|Inc|Ltd|Co|Mt|Ft|Vol|pp|Fig))"
+    r"\.[\"')]?$"
+)
 _DASH_TEMPLATE = re.compile(r"\{\{\s*(?:snd|spnd|ndash|mdash|spaced ndash|dash)\s*\}\}", re.I)
 _LEFTOVER = re.compile(r"[{}\[\]|=<>_\\]|https?:|&\w+;")
 _NON_TEXT_LINE = ("*", "#", ":", ";", "|", "!", "{", "}", "=", "-", "[")
@@ -45,7 +48,9 @@ def wiki_file() -> Path:
     try:
         dist = importlib.metadata.distribution("gensim")
     except importlib.metadata.PackageNotFoundError:
-        raise RagDiagError("wiki sentences need the gensim wheel's test data: pip install --no-deps gensim==4.4.0") from None
+        raise RagDiagError(
+            "wiki sentences need the gensim wheel's test data: pip install --no-deps gensim==4.4.0"
+        ) from None
     for file in dist.files or []:
         if file.name == WIKI_FILE:
             return Path(str(dist.locate_file(file)))

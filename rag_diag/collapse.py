@@ -214,10 +214,20 @@ def build_bank(
     )
 
 
+CUDA_BATCHED_EIGH_MAX = 32
+"""Largest matrix size cuSOLVER's batched Jacobi eigensolver takes. Measured on an H100 (20,000 Gram
+matrices, float64): 15 ms at 32×32, but minutes at 48×48, where it falls back to one matrix per call;
+larger Grams are therefore solved on the CPU (0.8 s for the same batch at 32×32 on 16 cores)."""
+
+
 def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
     """Batched symmetric eigenvalues; on CPU the batch is split over threads (LAPACK runs one matrix per call)."""
+    if gram.device.type == "cuda":
+        if gram.shape[-1] <= CUDA_BATCHED_EIGH_MAX:
+            return torch.linalg.eigvalsh(gram)
+        return _eigvalsh(gram.cpu()).to(gram.device)
     threads = torch.get_num_threads()
-    if gram.device.type != "cpu" or threads < 2 or len(gram) < 4 * threads:
+    if threads < 2 or len(gram) < 4 * threads:
         return torch.linalg.eigvalsh(gram)
     with ThreadPoolExecutor(threads) as pool:
         return torch.cat(list(pool.map(torch.linalg.eigvalsh, gram.chunk(threads))))

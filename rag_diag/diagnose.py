@@ -200,9 +200,24 @@ def load_collapse(path: str | Path) -> CollapseInputs:
     return CollapseInputs(path, _read_json(path / "summary.json"), docs, pairs)
 
 
+def _model_key(model: Any) -> str | None:
+    """A comparable identity: the weights hash of an identity dict, else the name as given."""
+    if isinstance(model, dict):
+        return model.get("weights_sha256") or model.get("name")
+    return str(model) if model else None
+
+
+def _model_name(model: Any) -> str:
+    return str(model.get("name", model)) if isinstance(model, dict) else str(model)
+
+
 def _check_same_model(evaluation: EvalInputs, collapse: CollapseInputs) -> None:
     eval_model, collapse_model = evaluation.metrics.get("model"), collapse.summary.get("model")
-    if eval_model and collapse_model and eval_model != collapse_model:
+    eval_key, collapse_key = _model_key(eval_model), _model_key(collapse_model)
+    if isinstance(eval_model, dict) != isinstance(collapse_model, dict):
+        eval_key, collapse_key = _model_name(eval_model), _model_name(collapse_model)
+    if eval_key and collapse_key and eval_key != collapse_key:
+        eval_model, collapse_model = _model_name(eval_model), _model_name(collapse_model)
         raise RagDiagError(
             f"the evaluation used model '{eval_model}' but the collapse table was computed with "
             f"'{collapse_model}': run collapse with the same model"

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from rag_diag.cli import collapse, corpora, diagnose, encode, index  # noqa: F401  (register commands)
+from rag_diag.cli import audit, collapse, corpora, diagnose, encode, index, run  # noqa: F401  (register commands)
 from rag_diag.cli.app import app
 from rag_diag.errors import RagDiagError
 

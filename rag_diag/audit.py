@@ -320,21 +320,6 @@ def clusters_frame(documents: pl.DataFrame, knn: KnnResult, cluster_ids: np.ndar
     return table.select(list(schema)).sort("cluster_id").cast(schema)
 
 
-def collapse_tables(stored: StoredIndex, knn: KnnResult) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """docs.parquet / pairs.parquet in the layout of ``rag-diag collapse --knn`` (for diagnose)."""
-    ids = np.asarray(stored.doc_ids, dtype=object)
-    docs = pl.DataFrame({
-        "doc_id": stored.doc_ids, "n_tokens": knn.text_stats.n_tokens, "concentration": knn.text_stats.concentration,
-        "trace": knn.text_stats.trace, "collapse_mean": knn.collapse_mean, "collapse_max": knn.collapse_max,
-        "top_confuser": ids[knn.top_confuser].tolist(),
-    })
-    pairs = pl.DataFrame({
-        "doc_a": ids[knn.doc_a].tolist(), "doc_b": ids[knn.doc_b].tolist(), "d_mu": knn.pairs.d_mu,
-        "d_sigma": knn.pairs.d_sigma, "socm": knn.pairs.socm, "cos": knn.pairs.cos,
-    })
-    return docs, pairs
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
@@ -355,17 +340,17 @@ def _langchain_folder(stored: StoredIndex, folder: Path) -> Path:
     return folder
 
 
-def _write_collapse(folder: Path, stored: StoredIndex, knn: KnnResult, store: TokenStore, model: dict, k: int,
-                    command: str) -> None:
-    docs, pairs = collapse_tables(stored, knn)
+def _write_collapse(folder: Path, stored: StoredIndex, knn: KnnResult, store: TokenStore, k: int, command: str) -> None:
+    """The kNN collapse folder in the layout of ``rag-diag collapse --knn`` (what diagnose reads)."""
+    from rag_diag.collapse_io import collapse_summary, docs_frame, pairs_frame
+
+    docs = docs_frame(stored.doc_ids, np.arange(len(stored.doc_ids)), knn.text_stats, knn)
+    pairs = pairs_frame(stored.doc_ids, knn.doc_a, knn.doc_b, knn.pairs)
     with atomic.atomic_dir(folder) as tmp:
         atomic.write_parquet(tmp / "docs.parquet", docs)
         atomic.write_parquet(tmp / "pairs.parquet", pairs)
-        atomic.write_json(tmp / "summary.json", {
-            "model": model, "mode": "knn", "k": k, "rank": None, "n_docs": docs.height, "n_pairs": pairs.height,
-            "avg_socm": float(pairs["socm"].mean()), "avg_concentration": float(docs["concentration"].mean()),
-            "token_store": str(store.path), "layer": store.layers[-1], "drop_special": False, "command": command,
-        })
+        summary = collapse_summary(store, pairs, docs, mode="knn", drop_special=False, command=command)
+        atomic.write_json(tmp / "summary.json", {**summary, "k": k, "rank": None})
 
 
 def evaluate_store(
@@ -385,7 +370,7 @@ def evaluate_store(
     with atomic.atomic_dir(out / "kb") as tmp:
         write_beir(tmp, stored.corpus(), queries, qrels)
     evaluate_bundle(bundle.path, queries, qrels, k=k, out=out / "eval", model=model, command=command)
-    _write_collapse(out / "collapse", stored, knn, store, bundle.model, knn.doc_b.size // len(store), command)
+    _write_collapse(out / "collapse", stored, knn, store, knn.doc_b.size // len(store), command)
     return diagnose(out / "eval", out / "collapse", out / "diagnosis", corpus=out / "kb", report=False,
                     command=command)
 

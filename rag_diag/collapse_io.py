@@ -31,7 +31,8 @@ def command_line(options: dict[str, Any]) -> str:
     return shlex.join(parts)
 
 
-def _pairs_frame(doc_ids: list[str], doc_a: np.ndarray, doc_b: np.ndarray, stats: Any) -> Any:
+def pairs_frame(doc_ids: list[str], doc_a: np.ndarray, doc_b: np.ndarray, stats: Any) -> Any:
+    """``pairs.parquet`` rows: (doc_a, doc_b, d_mu, d_sigma, socm, cos) for index pairs into ``doc_ids``."""
     import polars as pl
 
     ids = np.asarray(doc_ids, dtype=object)
@@ -43,7 +44,8 @@ def _pairs_frame(doc_ids: list[str], doc_a: np.ndarray, doc_b: np.ndarray, stats
     )
 
 
-def _docs_frame(doc_ids: list[str], texts: np.ndarray, stats: Any, knn: Any = None) -> Any:
+def docs_frame(doc_ids: list[str], texts: np.ndarray, stats: Any, knn: Any = None) -> Any:
+    """``docs.parquet`` rows for texts ``texts``; with a kNN result also collapse_mean / max and top_confuser."""
     import polars as pl
 
     ids = np.asarray(doc_ids, dtype=object)
@@ -57,6 +59,17 @@ def _docs_frame(doc_ids: list[str], texts: np.ndarray, stats: Any, knn: Any = No
             "top_confuser": ids[knn.top_confuser].tolist(),
         }
     return pl.DataFrame(columns)
+
+
+def collapse_summary(
+    store: Any, pairs: Any, docs: Any, *, mode: str, drop_special: bool, command: str
+) -> dict[str, Any]:
+    """The core of ``summary.json``: model identity, mode, counts, averages, token store, layer, command."""
+    return {
+        "model": store.manifest.get("model"), "mode": mode, "n_docs": docs.height, "n_pairs": pairs.height,
+        "avg_socm": float(pairs["socm"].mean()), "avg_concentration": float(docs["concentration"].mean()),
+        "token_store": str(store.path), "layer": store.layers[-1], "drop_special": drop_special, "command": command,
+    }
 
 
 def write_collapse(
@@ -89,19 +102,14 @@ def write_collapse(
     options = {"layer": layer, "drop_special": drop_special, "device": device, "dtype": dtype, "show_progress": True}
     if mode == "pairs":
         result = all_pairs(store, sample, seed, **options)
-        pairs = _pairs_frame(store.doc_ids, result.doc_a, result.doc_b, result.pairs)
-        docs = _docs_frame(store.doc_ids, result.texts, result.text_stats)
+        pairs = pairs_frame(store.doc_ids, result.doc_a, result.doc_b, result.pairs)
+        docs = docs_frame(store.doc_ids, result.texts, result.text_stats)
     else:
         knn = knn_collapse(store, k, rank=rank, **options)  # type: ignore[arg-type]
-        pairs = _pairs_frame(store.doc_ids, knn.doc_a, knn.doc_b, knn.pairs)
-        docs = _docs_frame(store.doc_ids, np.arange(len(store)), knn.text_stats, knn)
-    summary: dict[str, Any] = {
-        "model": store.manifest.get("model", model), "model_name": model, "mode": mode,
-        "n_docs": docs.height, "n_pairs": pairs.height,
-        "avg_socm": float(pairs["socm"].mean()), "avg_concentration": float(docs["concentration"].mean()),
-        "token_store": str(store.path), "layer": layer, "drop_special": drop_special,
-        "dtype": str(dtype).removeprefix("torch."), "device": device, "command": command,
-    }
+        pairs = pairs_frame(store.doc_ids, knn.doc_a, knn.doc_b, knn.pairs)
+        docs = docs_frame(store.doc_ids, np.arange(len(store)), knn.text_stats, knn)
+    summary = collapse_summary(store, pairs, docs, mode=mode, drop_special=drop_special, command=command)
+    summary |= {"model_name": model, "dtype": str(dtype).removeprefix("torch."), "device": device}
     summary |= {"sample": sample, "seed": seed} if mode == "pairs" else {"k": k, "rank": rank}
     with atomic.atomic_dir(out) as tmp:
         pairs.write_parquet(tmp / "pairs.parquet")

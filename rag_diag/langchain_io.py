@@ -144,7 +144,8 @@ def build_langchain_store(corpus: Corpus | str | Path, model_name: str, out_dir:
     docs = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     folder = load_encoder(model_name).identity["source"]
     embeddings = HuggingFaceEmbeddings(
-        model_name=folder, model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
+        model_name=folder, model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True},
+        show_progress=True,
     )
     store = FAISS.from_texts(
         docs.texts,

@@ -27,7 +27,8 @@ def test_pairs_mode_writes_three_files(tiny_texts, tmp_path, minilm):
     assert pairs.columns == PAIR_COLUMNS and pairs.height == 15
     assert docs.columns == DOC_COLUMNS and docs.height == 6
     assert summary["mode"] == "pairs" and summary["n_pairs"] == 15 and summary["n_docs"] == 6
-    assert summary["sample"] == 6 and summary["seed"] == 1 and summary["model"] == "minilm"
+    assert summary["sample"] == 6 and summary["seed"] == 1 and summary["model_name"] == "minilm"
+    assert summary["model"]["name"] == "minilm" and len(summary["model"]["weights_sha256"]) == 64
     assert abs(summary["avg_socm"] - pairs["socm"].mean()) < 1e-12
     assert "--pairs all" in summary["command"] and summary["token_store"]
 

@@ -56,7 +56,8 @@ def prepare(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(minilm_path(), model_dir)
     weights = load_file(str(model_dir / "model.safetensors"))
-    save_file({k: v.half() for k, v in weights.items()}, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    half = {name: tensor.half() for name, tensor in weights.items()}
+    save_file(half, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
     texts = wiki_sentences(N_TEXTS, seed=0)
     (folder / "texts.json").write_text(json.dumps(texts))
     with tempfile.TemporaryDirectory() as tmp:

@@ -312,12 +312,13 @@ def clusters_frame(documents: pl.DataFrame, knn: KnnResult, cluster_ids: np.ndar
              pl.col("label").drop_nulls().unique().sort().alias("labels"),
              pl.col("collapse_mean").mean().alias("mean_collapse"))
     )
-    schema = {"cluster_id": pl.Int64, "size": pl.UInt32, "doc_ids": pl.List(pl.String), "labels": pl.List(pl.String),
-              "mean_collapse": pl.Float64, "min_edge_cos": pl.Float64, "max_edge_cos": pl.Float64}
+    schema: dict[str, Any] = {
+        "cluster_id": pl.Int64, "size": pl.UInt32, "doc_ids": pl.List(pl.String), "labels": pl.List(pl.String),
+        "mean_collapse": pl.Float64, "min_edge_cos": pl.Float64, "max_edge_cos": pl.Float64}
     if members.is_empty():
         return pl.DataFrame(schema=schema)
     table = members.join(edge_stats.with_columns(pl.col("cluster_id").cast(pl.Int64)), on="cluster_id", how="left")
-    return table.select(list(schema)).sort("cluster_id").cast(schema)
+    return table.select(list(schema)).sort("cluster_id").cast(pl.Schema(schema))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -481,7 +482,7 @@ def _summary(
         "near_duplicates": {
             "threshold_cos": NEAR_DUPLICATE_COS, "n_clusters": clusters.height, "n_documents_in_clusters": in_clusters,
             "share_documents_in_clusters": in_clusters / n_docs,
-            "largest_cluster": int(clusters["size"].max()) if clusters.height else 0,
+            "largest_cluster": int(clusters["size"].max()) if clusters.height else 0,  # type: ignore[arg-type]
             "n_clusters_mixed_labels": int((clusters["labels"].list.len() > 1).sum()) if clusters.height else 0,
         },
         "hubness": hubness_summary,

@@ -271,10 +271,10 @@ def _write_store(
                 stacked = torch.stack([output.hidden_states[layer] for layer in layers])
             else:
                 stacked = output.last_hidden_state.unsqueeze(0)
-            stacked = stacked.to(torch.float16 if np_dtype == np.float16 else torch.float32).cpu().numpy()
+            rows = stacked.to(torch.float16 if np_dtype == np.float16 else torch.float32).cpu().numpy()
             for row, index in enumerate(batch):
                 n = int(lengths[index])
-                embeddings[:, offsets[index] : offsets[index] + n] = stacked[:, row, :n]
+                embeddings[:, offsets[index] : offsets[index] + n] = rows[:, row, :n]
             if progress is not None:
                 progress(len(batch))
     embeddings.flush()

@@ -153,7 +153,7 @@ def ragas_context_scores(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
             metrics=[IDBasedContextPrecision(), IDBasedContextRecall()],
             show_progress=False,
         )
-    frame = result.to_pandas()
+    frame = result.to_pandas()  # type: ignore[union-attr]
     return {
         "context_precision": float(frame["id_based_context_precision"].mean()),
         "context_recall": float(frame["id_based_context_recall"].mean()),

@@ -92,15 +92,15 @@ def _empty_index(index_type: str, dim: int, metric: str, n: int) -> tuple[faiss.
     if index_type == "ivfpq":
         params = _ivfpq_params(n, dim)
         quantizer = faiss.IndexFlat(dim, faiss_metric)
-        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"], faiss_metric)
-        return index, params
+        ivfpq = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"], faiss_metric)
+        return ivfpq, params
     raise RagDiagError(f"unknown index type '{index_type}' (use {', '.join(INDEX_TYPES)})")
 
 
 def apply_search_params(index: faiss.Index, index_type: str, params: dict[str, int]) -> faiss.Index:
     """Set the search-time knobs (HNSW efSearch, IVF nprobe) recorded in the manifest."""
     if index_type == "hnsw":
-        faiss.downcast_index(index).hnsw.efSearch = int(params["efSearch"])
+        faiss.downcast_index(index).hnsw.efSearch = int(params["efSearch"])  # type: ignore[attr-defined]
     elif index_type == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
     return index
@@ -118,7 +118,7 @@ def build_faiss(
     index, params = _empty_index(index_type, vectors.shape[1], metric, len(vectors))
     if index_type == "ivfpq":
         faiss.extract_index_ivf(index).cp.seed = seed
-        index.pq.cp.seed = seed
+        index.pq.cp.seed = seed  # type: ignore[attr-defined]
     use_gpu = resolve_faiss_device(device) == "cuda" and index_type != "hnsw"
     if use_gpu:
         resources = faiss.StandardGpuResources()
@@ -254,7 +254,7 @@ def _write_strategy(
     folder.mkdir()
     faiss.write_index(index, str(folder / "index.faiss"))
     if stats:
-        np.savez(folder / "stats.npz", **stats)
+        np.savez(folder / "stats.npz", **stats)  # type: ignore[arg-type]
     atomic.write_json(folder / "doc_ids.json", store.doc_ids)
     atomic.write_json(
         folder / "manifest.json",

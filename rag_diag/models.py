@@ -229,9 +229,9 @@ def _load_sentence_transformer(path: str, name: str, kind: str, device: str) -> 
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(path, device=device)
-    transformer = st[0]
-    model = transformer.auto_model
-    tokenizer = transformer.tokenizer
+    transformer: Any = st[0]
+    model: Any = transformer.auto_model
+    tokenizer: Any = transformer.tokenizer
     tokenizer.padding_side = "right"
     folder = Path(path)
     weights = _hash_files(_weight_files(folder)) if folder.is_dir() else f"hub:{path}"
@@ -240,7 +240,7 @@ def _load_sentence_transformer(path: str, name: str, kind: str, device: str) -> 
         kind=kind,
         model=model.eval(),
         tokenizer=tokenizer,
-        max_seq_length=int(st.max_seq_length),
+        max_seq_length=int(st.max_seq_length or 512),
         dim=int(model.config.hidden_size),
         identity={"name": name, "source": str(path), "weights_sha256": weights},
         num_layers=int(model.config.num_hidden_layers),

@@ -108,7 +108,7 @@ def lee_tfidf_correlation() -> dict[str, float]:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     matrix = TfidfVectorizer(stop_words="english").fit_transform(lee_corpus().texts)
-    return {"model": "tfidf", **_correlations((matrix @ matrix.T).toarray())}
+    return {"model": "tfidf", **_correlations((matrix @ matrix.T).toarray())}  # type: ignore[dict-item]
 
 
 def lee_sts_correlation(model: Any = "minilm") -> dict[str, Any]:

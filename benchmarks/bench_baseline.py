@@ -4,7 +4,7 @@ Prints precision@1 and MRR@10 (ranx) for:
 
 - TF-IDF: word 1–2-grams (single-character tokens kept), l2-normalised, fitted on the corpus
   documents; queries ranked by cosine.
-- MiniLM mean pooling: ``encode_corpus(corpus, "minilm").means()`` l2-normalised, searched with a
+- MiniLM mean pooling: ``encode_corpus(corpus, model="minilm").means()`` l2-normalised, searched with a
   FAISS ``IndexFlatIP`` (cosine).
 
 Usage: ``python benchmarks/bench_baseline.py [--corpus DIR] [--seed S]``; without ``--corpus`` the
@@ -51,9 +51,9 @@ def minilm_mean_run(corpus: Corpus, queries: Queries, model: object = "minilm") 
     """Top-K run of mean-pooled token embeddings, FAISS inner product on l2-normalised means."""
     import faiss
 
-    from rag_diag.encode import encode_corpus, encode_texts
+    from rag_diag.tokens.extract import encode_corpus, encode_texts
 
-    docs = _normalise(encode_corpus(corpus, model).means())
+    docs = _normalise(encode_corpus(corpus, model=model).means())
     query_vectors = _normalise(encode_texts(queries.texts, model=model, ids=queries.ids).means())
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(docs)

@@ -21,10 +21,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rag_diag.collapse import all_pairs, prepare_text, reference_pair  # noqa: E402
-from rag_diag.collapse_knn import knn_collapse  # noqa: E402
+from rag_diag.collapse.allpairs import all_pairs  # noqa: E402
+from rag_diag.collapse.knn import knn_collapse  # noqa: E402
+from rag_diag.collapse.socm import prepare_text, reference_pair  # noqa: E402
 from rag_diag.corpora.wiki import wiki_sentences  # noqa: E402
-from rag_diag.encode import encode_texts  # noqa: E402
+from rag_diag.tokens.extract import encode_texts  # noqa: E402
 
 
 def pot_bw2(x1: np.ndarray, x2: np.ndarray) -> float:

@@ -20,8 +20,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _data import licence_rule_texts  # noqa: E402
 
-from rag_diag.encode import encode_texts  # noqa: E402
-from rag_diag.models import load_encoder, minilm_path  # noqa: E402
+from rag_diag.models.loading import load_encoder  # noqa: E402
+from rag_diag.models.registry import minilm_path
+from rag_diag.tokens.extract import encode_texts  # noqa: E402
 
 
 def main(n_texts: int = 2000, repeats: int = 2) -> None:

@@ -25,9 +25,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from rag_diag.encode import encode_texts  # noqa: E402
-from rag_diag.index import INDEX_TYPES, build_faiss, search  # noqa: E402
 from rag_diag.pooling import index_vectors, pool_store  # noqa: E402
+from rag_diag.retrieval.index import INDEX_TYPES, build_faiss, search  # noqa: E402
+from rag_diag.tokens.extract import encode_texts  # noqa: E402
 
 LABEL_LINE = re.compile(r"^license_expression:\s*(\S+)\s*$", re.M)
 TIE_TOLERANCE = 1e-6

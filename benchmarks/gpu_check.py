@@ -29,7 +29,7 @@ N_CHECK_PAIRS = 2000
 
 
 def _encoder(folder: Path, device: str):  # type: ignore[no-untyped-def]
-    from rag_diag.models import load_encoder
+    from rag_diag.models.loading import load_encoder
 
     encoder = load_encoder(str(folder / "model"), device=device)
     encoder.model.float()
@@ -47,10 +47,11 @@ def prepare(folder: Path) -> None:
     """Model copy with float16 weights, texts and CPU references."""
     from safetensors.torch import load_file, save_file
 
-    from rag_diag.collapse import all_pairs, pair_socm
+    from rag_diag.collapse.allpairs import all_pairs
+    from rag_diag.collapse.socm import pair_socm
     from rag_diag.corpora.wiki import wiki_sentences
-    from rag_diag.encode import encode_texts
-    from rag_diag.models import minilm_path
+    from rag_diag.models.registry import minilm_path
+    from rag_diag.tokens.extract import encode_texts
 
     model_dir = folder / "model"
     shutil.rmtree(folder, ignore_errors=True)
@@ -72,8 +73,9 @@ def prepare(folder: Path) -> None:
 
 def check(folder: Path) -> None:
     """Encode and compute SOCM on CUDA; compare with the CPU references; time CUDA against CPU."""
-    from rag_diag.collapse import all_pairs, pair_socm
-    from rag_diag.encode import encode_texts
+    from rag_diag.collapse.allpairs import all_pairs
+    from rag_diag.collapse.socm import pair_socm
+    from rag_diag.tokens.extract import encode_texts
 
     assert torch.cuda.is_available(), "no CUDA device"
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {os.cpu_count()} CPU cores")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag_diag.encode import TokenStore
 from rag_diag.errors import RagDiagError
 from rag_diag.progress import progress_bar
+from rag_diag.tokens.store import TokenStore
 
 EPS = 1e-12
 SIF_A = 1e-3

@@ -89,28 +89,59 @@ def test_lee_sts_correlation_real_model(minilm):
 
     result = lee_sts_correlation(minilm)
     assert result["n_pairs"] == 1225
-    assert 0.5 < result["pearson"] < 0.9  # measured 0.656 (LSA ≈ 0.60 published)
-    assert 0.5 < lee_tfidf_correlation()["pearson"] < 0.65  # measured 0.559
+    # measured 0.656 (LSA ≈ 0.60 published); with n = 1225 pairs the standard error of r is
+    # (1 − r²)/√n ≈ 0.016, so the band [0.5, 0.9] is ~10 SE wide on each side: model/library drift only
+    assert 0.5 < result["pearson"] < 0.9
+    # measured 0.559, deterministic (no model): the band only absorbs tokenizer / scikit-learn drift
+    assert 0.5 < lee_tfidf_correlation()["pearson"] < 0.65
 
 
 def test_wiki_sentences_build(tmp_path):
-    if importlib.util.find_spec("rag_diag.corpora.wiki") is None:
-        pytest.skip("rag_diag.corpora.wiki is not available yet")
     out = tmp_path / "wiki"
     manifest = build_corpus("wiki-sentences", out, 50, seed=0)
     assert manifest["counts"]["documents"] == len(load_corpus(out)) == 50
 
 
-@pytest.mark.optional
-def test_bible_build_or_clear_message(tmp_path, capsys):
-    from rag_diag.corpora.bible import unavailable
+def sword_modules_installed() -> bool:
+    """pysword importable and SWORD Bible modules for both translations under the SWORD folder.
 
-    missing = unavailable()
-    if missing is None:
-        pytest.skip("bible build is exercised only by hand (parsing takes ~1 minute)")
+    Decided here, not by ``bible.unavailable()``: the test must build the corpus whenever the Debian
+    packages are installed, whatever the module names the packages use (``kjv.conf`` or
+    ``engKJV2006eb.conf``), so that a library that does not find them fails rather than skips.
+    """
+    from rag_diag.corpora.bible import sword_path
+
+    if importlib.util.find_spec("pysword") is None:
+        return False
+    confs = [p.name.lower() for p in (sword_path() / "mods.d").glob("*.conf")]
+    return any("kjv" in name for name in confs) and any("web" in name for name in confs)
+
+
+@pytest.mark.slow
+@pytest.mark.optional
+def test_bible_build(tmp_path):
+    from rag_diag.corpora.bible import INSTALL_HINT
+
+    if not sword_modules_installed():
+        pytest.skip(f"the bible corpus needs the SWORD modules and pysword: {INSTALL_HINT}")
+    out = tmp_path / "bible"
+    assert main(["corpora", "build", "bible", "--out", str(out), "--size", "20", "--seed", "0"]) == 0
+    corpus, queries, qrels = load_beir(out)  # validates every qrel against queries and corpus
+    assert len(queries) == 20 and len(corpus) > 7000  # the New Testament has 7,957 verses
+    texts = dict(zip(corpus.ids, corpus.texts, strict=True))
+    assert "For God so loved the world" in texts["John.3.16"]  # KJV wording
+    for query_id in queries.ids:  # one relevant document: the KJV verse with the WEB verse's id
+        assert qrels.relevant(query_id) == {query_id}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["licence"] == "public domain" and manifest["counts"]["queries"] == 20
+
+
+def test_bible_without_modules_is_a_one_line_install_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SWORD_PATH", str(tmp_path / "no-sword"))  # as on a machine without the packages
     assert main(["corpora", "build", "bible", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "sword-text-kjv" in err and "rag-diag[bible]" in err and "\n" not in err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(

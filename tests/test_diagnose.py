@@ -1,16 +1,17 @@
-"""diagnose on a constructed licence knowledge base whose confusers are known (real MiniLM token stores).
+"""diagnose on a constructed licence knowledge base whose confusers are known.
 
-The collapse folder is written by hand from an independent float64 reference (Gram route) so the test
-does not depend on rag_diag.collapse; when that module is absent its ``pair_socm`` is stood in for by
-the same reference.
+The evaluation and the kNN collapse table are built in memory by hand: the collapse table from an
+independent float64 reference (numpy SVD of ABᵀ, not the library's Gram-eigenvalue route), so the
+test checks :mod:`rag_diag.diagnosis` against numbers it did not compute. One pair is left out of the
+table on purpose: diagnose must compute it on the token store (rag_diag.collapse.socm.pair_socm).
+
+Token stores: the deterministic MockEncoder for the fast tests; the real MiniLM for the slow
+integration run of the same checks.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from rag_diag.cli import main
-from rag_diag.diagnose import FAILURE_RATE_ADEQUATE, FAILURE_RATE_UNSUITABLE, diagnose, judge
+from rag_diag.collapse.table import CollapseTable
+from rag_diag.corpora.io import Corpus, Qrels, Queries
+from rag_diag.corpora.writers import write_beir
+from rag_diag.diagnosis.diagnose import Diagnosis, diagnose
+from rag_diag.diagnosis.verdict import FAILURE_RATE_ADEQUATE, FAILURE_RATE_UNSUITABLE, HIGH_SOCM_QUANTILE, judge
 from rag_diag.errors import RagDiagError
+from rag_diag.evaluation.result import PER_QUERY_SCHEMA, EvalResult
 
 GPL = ("This program is free software; you can redistribute it and/or modify it under the terms of the GNU "
        "General Public License as published by the Free Software Foundation; either version {v} of the "
@@ -52,44 +58,43 @@ RUNS = {
     "q-bsd": ("bsd", 1, None),
     "q-gpl3+": ("gpl3+", 1, None),
 }
+FAILED = {"q-gpl2+", "q-lgpl21+", "q-gpl2"}
+UNRETRIEVED_TOP = "gpl2+"  # the top document of q-gpl2, whose relevant document was not retrieved
 KNN = 3
-DROPPED_PAIR = ("lgpl2+", "lgpl21+")  # left out of pairs.parquet: diagnose must compute it
+DROPPED_PAIR = ("lgpl2+", "lgpl21+")  # left out of the pair table: diagnose must compute it
+
+# The library computes the dropped pair by the Gram route: Σ√λ over eigenvalues of (ABᵀ)(ABᵀ)ᵀ. An
+# eigenvalue near 0 carries ~eps·σ_max² of error, i.e. √eps·σ_max ≈ 1.5e-8 on its singular value;
+# summed over ≤ 64 tokens that is ≤ 1e-6 on BW², hence on d_Σ and SOCM (cos is exact to ~1e-15).
+COMPUTED_TOL = 1e-6
 
 
 # ------------------------------------------------------------------------- independent float64 reference
 
 
-@dataclass
-class ReferencePairs:
-    d_mu: np.ndarray
-    d_sigma: np.ndarray
-    socm: np.ndarray
-    cos: np.ndarray
+@dataclass(frozen=True)
+class Reference:
+    d_mu: float
+    d_sigma: float
+    socm: float
+    cos: float
 
 
 def _normalised(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = tokens.astype(np.float64)
-    x = x / max(np.linalg.norm(x.mean(axis=0)), 1e-12)
+    x = x / max(np.linalg.norm(x.mean(axis=0)), 1e-12)  # the definition's guard (MEAN_EPS), not a tolerance
     mu = x.mean(axis=0)
     return mu, (x - mu) / np.sqrt(len(x))
 
 
-def reference_pair(x1: np.ndarray, x2: np.ndarray) -> tuple[float, float, float, float]:
-    """(d_mu, d_sigma, socm, cos): BW² = ‖A‖²_F + ‖B‖²_F − 2‖ABᵀ‖_*, d_Σ = BW²/4, d_μ = ‖μ1−μ2‖²/4."""
+def reference_pair(x1: np.ndarray, x2: np.ndarray) -> Reference:
+    """BW² = ‖A‖²_F + ‖B‖²_F − 2‖ABᵀ‖_* (numpy SVD), d_Σ = BW²/4, d_μ = ‖μ1 − μ2‖²/4, SOCM = (1 − d_μ)·d_Σ."""
     mu1, a = _normalised(x1)
     mu2, b = _normalised(x2)
-    bw2 = (a**2).sum() + (b**2).sum() - 2 * np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    bw2 = max((a**2).sum() + (b**2).sum() - 2 * np.linalg.svd(a @ b.T, compute_uv=False).sum(), 0.0)
     d_mu = float(((mu1 - mu2) ** 2).sum() / 4)
     d_sigma = float(bw2 / 4)
-    return d_mu, d_sigma, (1 - d_mu) * d_sigma, float(mu1 @ mu2)
-
-
-def reference_pair_socm(store, a, b, *, layer=None, drop_special=False, device="cpu") -> ReferencePairs:
-    def tokens(index):
-        return store.tokens(int(index), layer, drop_special)
-
-    rows = [reference_pair(tokens(i), tokens(j)) for i, j in zip(a, b, strict=True)]
-    return ReferencePairs(*(np.array(column) for column in zip(*rows, strict=True)))
+    return Reference(d_mu, d_sigma, (1 - d_mu) * d_sigma, float(mu1 @ mu2))
 
 
 def concentration(tokens: np.ndarray) -> float:
@@ -98,46 +103,38 @@ def concentration(tokens: np.ndarray) -> float:
     return float(((x - mu) ** 2).sum(axis=1).mean() / (mu @ mu))
 
 
-# ------------------------------------------------------------------------- fixtures
+# ------------------------------------------------------------------------- the knowledge base
 
 
-@pytest.fixture(scope="module")
-def licence_store(minilm, tmp_path_factory):
-    from rag_diag.encode import encode_texts
+@dataclass
+class KB:
+    store: object
+    corpus: Corpus
+    queries: Queries
+    evaluation: EvalResult
+    collapse: CollapseTable
 
+    def ref(self, a: str, b: str) -> Reference:
+        index = {doc_id: i for i, doc_id in enumerate(self.store.doc_ids)}
+        return reference_pair(self.store.tokens(index[a]), self.store.tokens(index[b]))
+
+
+def licence_corpus() -> tuple[Corpus, Queries, Qrels]:
     ids = list(DOCS)
-    return encode_texts([DOCS[i][0] for i in ids], model=minilm, ids=ids,
-                        out=tmp_path_factory.mktemp("licences") / "store")
+    corpus = Corpus(ids=ids, texts=[DOCS[i][0] for i in ids], metadata=[{"label": DOCS[i][1]} for i in ids])
+    queries = Queries(ids=list(RUNS), texts=[f"licence notice {relevant}" for relevant, _, _ in RUNS.values()])
+    return corpus, queries, Qrels({q: {relevant: 1} for q, (relevant, _, _) in RUNS.items()})
 
 
-def _stand_in_pair_socm(patch: pytest.MonkeyPatch) -> None:
-    """Stand in for rag_diag.collapse.pair_socm with the reference while that module does not exist."""
-    if importlib.util.find_spec("rag_diag.collapse") is None:
-        module = types.ModuleType("rag_diag.collapse")
-        module.pair_socm = reference_pair_socm
-        patch.setitem(sys.modules, "rag_diag.collapse", module)
+def encode(model, folder: Path):
+    from rag_diag.tokens.extract import encode_texts
+
+    corpus, _, _ = licence_corpus()
+    return encode_texts(corpus.texts, model=model, ids=corpus.ids, out=folder, cache=False)
 
 
-@pytest.fixture(autouse=True)
-def pair_socm_available(monkeypatch):
-    _stand_in_pair_socm(monkeypatch)
-
-
-def write_corpus(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "corpus.jsonl", "w") as handle:
-        for doc_id, (text, label) in DOCS.items():
-            record = {"_id": doc_id, "title": "", "text": text, "metadata": {"label": label}}
-            handle.write(json.dumps(record) + "\n")
-    with open(folder / "queries.jsonl", "w") as handle:
-        for query_id, (relevant, _, _) in RUNS.items():
-            handle.write(json.dumps({"_id": query_id, "text": f"licence notice {relevant}"}) + "\n")
-    return folder
-
-
-def write_collapse(store, folder: Path, drop: tuple[str, str] | None = DROPPED_PAIR) -> Path:
-    """docs.parquet / pairs.parquet / summary.json per the collapse contract, from the reference maths."""
-    folder.mkdir(parents=True, exist_ok=True)
+def build_collapse(store, corpus_sha256: str, drop: tuple[str, str] | None = DROPPED_PAIR) -> CollapseTable:
+    """A kNN collapse table (k = KNN by mean cosine) from the reference maths."""
     ids = store.doc_ids
     means = store.means().astype(np.float64)
     unit = means / np.linalg.norm(means, axis=1, keepdims=True)
@@ -146,174 +143,218 @@ def write_collapse(store, folder: Path, drop: tuple[str, str] | None = DROPPED_P
     pairs, per_doc = [], {i: [] for i in range(len(ids))}
     for i in range(len(ids)):
         for j in np.argsort(-cosine[i], kind="stable")[:KNN]:
-            d_mu, d_sigma, socm, cos = reference_pair(store.tokens(i), store.tokens(int(j)))
-            per_doc[i].append((socm, ids[int(j)]))
+            ref = reference_pair(store.tokens(i), store.tokens(int(j)))
+            per_doc[i].append((ref.socm, ids[int(j)]))
             if drop is None or {ids[i], ids[int(j)]} != set(drop):
-                pairs.append({"doc_a": ids[i], "doc_b": ids[int(j)], "d_mu": d_mu, "d_sigma": d_sigma,
-                              "socm": socm, "cos": cos})
+                pairs.append({"doc_a": ids[i], "doc_b": ids[int(j)], "d_mu": ref.d_mu, "d_sigma": ref.d_sigma,
+                              "socm": ref.socm, "cos": ref.cos})
     docs = pl.DataFrame([{
         "doc_id": ids[i], "n_tokens": int(store.lengths[i]), "concentration": concentration(store.tokens(i)),
         "trace": 0.0, "collapse_mean": float(np.mean([s for s, _ in per_doc[i]])),
         "collapse_max": float(max(s for s, _ in per_doc[i])), "top_confuser": max(per_doc[i])[1],
     } for i in range(len(ids))])
-    pl.DataFrame(pairs).write_parquet(folder / "pairs.parquet")
-    docs.write_parquet(folder / "docs.parquet")
-    (folder / "summary.json").write_text(json.dumps({
-        "model": "minilm", "mode": "knn", "n_docs": len(ids), "n_pairs": len(pairs), "k": KNN,
-        "token_store": str(store.path), "command": "rag-diag collapse --knn 3",
-    }))
-    return folder
+    summary = {"model": store.manifest["model"], "mode": "knn", "n_docs": len(ids), "n_pairs": len(pairs),
+               "k": KNN, "token_store": str(store.path), "layer": store.layers[-1], "drop_special": False,
+               "corpus_sha256": corpus_sha256, "command": "rag-diag collapse --knn 3"}
+    return CollapseTable(summary=summary, docs=docs, pairs=pl.DataFrame(pairs))
 
 
-def write_eval(folder: Path, corpus: Path, runs: dict = RUNS) -> Path:
-    """metrics.json / per_query.parquet / qrels.tsv per the evaluate contract, from a hand-made run table."""
-    folder.mkdir(parents=True, exist_ok=True)
+def build_evaluation(model: dict, corpus: Corpus, runs: dict = RUNS, source: str = "") -> EvalResult:
+    """metrics manifest and per-query rows of ``mean`` (from ``runs``) and of a perfect ``mean+std``."""
     rows = []
     for query_id, (relevant, rank, confuser) in runs.items():
         rows.append({
             "query_id": query_id, "strategy": "mean", "first_relevant_rank": rank,
             "first_relevant_id": relevant if rank is not None else None, "relevant_score": 0.9,
-            "top_doc": relevant if rank == 1 else (confuser or "gpl2+"), "top_score": 0.95,
+            "top_doc": relevant if rank == 1 else (confuser or UNRETRIEVED_TOP), "top_score": 0.95,
             "confuser": confuser, "confuser_score": 0.95 if confuser else None, "n_relevant": 1,
         })
-        rows.append({**rows[-1], "strategy": "mean+std", "first_relevant_rank": 1,
-                     "first_relevant_id": relevant, "confuser": None, "confuser_score": None})
-    pl.DataFrame(rows, schema_overrides={"first_relevant_rank": pl.Int64}).write_parquet(
-        folder / "per_query.parquet")
-    (folder / "qrels.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{r}\t1\n" for q, (r, _, _) in runs.items()))
-    metrics = {name: {"P@1": p1, "MRR@10": p1, "nDCG@10": p1}
-               for name, p1 in (("mean", 0.6), ("mean+std", 1.0))}
-    (folder / "metrics.json").write_text(json.dumps({
-        "metrics": metrics, "k": 100, "model": "minilm", "index": "flat", "corpus": str(corpus),
-        "token_store": "", "command": "rag-diag evaluate --strategies mean,mean+std",
+        rows.append({**rows[-1], "strategy": "mean+std", "first_relevant_rank": 1, "first_relevant_id": relevant,
+                     "confuser": None, "confuser_score": None})
+    metrics = {name: {"P@1": p1, "MRR@10": p1, "nDCG@10": p1} for name, p1 in (("mean", 0.6), ("mean+std", 1.0))}
+    manifest = {
+        "metrics": metrics, "k": 100, "model": model, "index": "flat", "corpus": source,
+        "corpus_sha256": corpus.content_hash(), "token_store": None,
+        "command": "rag-diag evaluate --strategies mean,mean+std",
         "significance": {"mean+std": {"nDCG@10": {"p_value": 0.01, "corrected_p_value": 0.02,
                                                   "effect_size": 0.5, "significant": True}}},
-    }))
-    return folder
+    }
+    qrels = Qrels({q: {relevant: 1} for q, (relevant, _, _) in runs.items()})
+    return EvalResult(manifest, pl.DataFrame(rows, schema=PER_QUERY_SCHEMA), {}, qrels)
+
+
+def make_kb(store, runs: dict = RUNS, drop: tuple[str, str] | None = DROPPED_PAIR) -> KB:
+    corpus, queries, _ = licence_corpus()
+    evaluation = build_evaluation(store.manifest["model"], corpus, runs)
+    return KB(store, corpus, queries, evaluation, build_collapse(store, corpus.content_hash(), drop))
 
 
 @pytest.fixture(scope="module")
-def diagnosed(licence_store, tmp_path_factory):
-    root = tmp_path_factory.mktemp("diag")
-    corpus = write_corpus(root / "corpus")
-    collapse = write_collapse(licence_store, root / "collapse")
-    evaluation = write_eval(root / "eval", corpus)
-    with pytest.MonkeyPatch.context() as patch:
-        _stand_in_pair_socm(patch)
-        return diagnose(evaluation, collapse, root / "out"), root
+def mock_licence_store(tmp_path_factory):
+    from rag_diag.models.mock import MockEncoder
+
+    return encode(MockEncoder(max_seq_length=64), tmp_path_factory.mktemp("mock-licences") / "store")
+
+
+@pytest.fixture(scope="module", params=["mock", pytest.param("minilm", marks=pytest.mark.slow)])
+def kb(request, mock_licence_store, tmp_path_factory) -> KB:
+    if request.param == "mock":
+        return make_kb(mock_licence_store)
+    minilm = request.getfixturevalue("minilm")
+    return make_kb(encode(minilm, tmp_path_factory.mktemp("minilm-licences") / "store"))
+
+
+@pytest.fixture(scope="module")
+def diagnosed(kb) -> Diagnosis:
+    # no token_store argument: the dropped pair is computed on the store the collapse summary names
+    return diagnose(kb.evaluation, kb.collapse, corpus=kb.corpus, queries=kb.queries)
+
+
+@pytest.fixture
+def mock_kb(mock_licence_store) -> KB:
+    return make_kb(mock_licence_store)
 
 
 # ------------------------------------------------------------------------- tests
 
 
-def test_names_the_confuser_and_its_socm(diagnosed, licence_store):
-    diagnosis, _ = diagnosed
-    failures = {row["query_id"]: row for row in diagnosis.failures.iter_rows(named=True)}
-    assert set(failures) == {"q-gpl2+", "q-lgpl21+", "q-gpl2"}
-    index = {doc_id: i for i, doc_id in enumerate(licence_store.doc_ids)}
+def test_names_the_confuser_and_its_socm(diagnosed, kb):
+    failures = {row["query_id"]: row for row in diagnosed.failures.iter_rows(named=True)}
+    assert set(failures) == FAILED
     for query_id, row in failures.items():
         relevant, rank, confuser = RUNS[query_id]
         assert row["relevant_id"] == relevant and row["relevant_rank"] == rank
-        assert row["confuser_id"] == (confuser or "gpl2+")
-        d_mu, d_sigma, socm, cos = reference_pair(
-            licence_store.tokens(index[relevant]), licence_store.tokens(index[row["confuser_id"]]))
-        assert row["socm"] == pytest.approx(socm, abs=1e-6)
-        assert row["d_mu"] == pytest.approx(d_mu, abs=1e-6)
-        assert row["d_sigma"] == pytest.approx(d_sigma, abs=1e-6)
-        assert row["cos"] == pytest.approx(cos, abs=1e-6)
+        assert row["confuser_id"] == (confuser or UNRETRIEVED_TOP)
+        ref = kb.ref(relevant, row["confuser_id"])
+        # table rows are our own reference numbers (exact); the dropped pair is the library's (COMPUTED_TOL)
+        tol = 0.0 if row["pair_source"] == "pairs" else COMPUTED_TOL
+        for stat in ("socm", "d_mu", "d_sigma", "cos"):
+            assert row[stat] == pytest.approx(getattr(ref, stat), abs=tol), (query_id, stat)
         assert row["labels_differ"] is True
-        assert row["relevant_label"] == DOCS[relevant][1]
+        assert row["relevant_label"] == DOCS[relevant][1] and row["confuser_label"] == DOCS[row["confuser_id"]][1]
     assert failures["q-lgpl21+"]["pair_source"] == "computed"
     assert failures["q-gpl2+"]["pair_source"] == "pairs"
+    assert diagnosed.summary["n_pairs_computed"] >= 1
 
 
-def test_failure_rows_carry_both_documents_statistics(diagnosed):
-    diagnosis, root = diagnosed
-    docs = pl.read_parquet(root / "collapse" / "docs.parquet")
-    row = diagnosis.failures.filter(pl.col("query_id") == "q-gpl2+").row(0, named=True)
+def test_failure_rows_carry_both_documents_statistics(diagnosed, kb):
+    docs = kb.collapse.docs
+    row = diagnosed.failures.filter(pl.col("query_id") == "q-gpl2+").row(0, named=True)
     for role, doc_id in (("relevant", "gpl2+"), ("confuser", "gpl3+")):
         expected = docs.filter(pl.col("doc_id") == doc_id).row(0, named=True)
         for stat in ("collapse_mean", "collapse_max", "concentration"):
-            assert row[f"{role}_{stat}"] == pytest.approx(expected[stat])
-    threshold = diagnosis.summary["high_socm_threshold"]["value"]
-    assert row["second_order_separates"] == (row["socm"] >= threshold)
+            assert row[f"{role}_{stat}"] == expected[stat]  # copied from the table, not recomputed
+    threshold = float(np.quantile(kb.collapse.pairs["socm"].to_numpy(), HIGH_SOCM_QUANTILE))
+    assert diagnosed.summary["high_socm_threshold"]["value"] == threshold
+    for failure in diagnosed.failures.iter_rows(named=True):
+        assert failure["high_socm"] == (failure["socm"] >= threshold)
 
 
-def test_corpus_statistics_match_sklearn(diagnosed):
-    diagnosis, _ = diagnosed
-    queries = pl.read_parquet(diagnosis.out / "queries.parquet")
+def test_corpus_statistics_match_sklearn(diagnosed, kb):
+    queries = diagnosed.queries
     failed = queries["failed"].to_numpy()
-    summary = json.loads((diagnosis.out / "diagnosis.json").read_text())
-    assert summary["n_queries"] == len(RUNS) and summary["n_failures"] == 3
+    assert {q for q, f in zip(queries["query_id"], failed, strict=True) if f} == FAILED
+    rates = dict(zip(kb.collapse.docs["doc_id"], kb.collapse.docs["collapse_mean"], strict=True))
+    assert queries["relevant_collapse_mean"].to_list() == [rates[r] for r in queries["relevant_id"]]
+    summary = diagnosed.summary
+    assert summary["n_queries"] == len(RUNS) and summary["n_failures"] == len(FAILED)
     for key, column in (("collapse", "relevant_collapse_mean"), ("cos_nn", "relevant_cos_nn")):
         expected = roc_auc_score(failed, queries[column].to_numpy())
-        assert summary[key]["auroc"]["auroc"] == pytest.approx(expected)
+        # both are the Mann–Whitney ratio of the same ranks: exact up to float rounding (~1e-16)
+        assert summary[key]["auroc"]["auroc"] == pytest.approx(expected, abs=1e-12)
     assert sum(row["n_queries"] for row in summary["deciles"]) == len(RUNS)
-    assert sum(row["n_failures"] for row in summary["deciles"]) == 3
+    assert sum(row["n_failures"] for row in summary["deciles"]) == len(FAILED)
 
 
-def test_verdict_states_thresholds_and_evidence(diagnosed):
-    diagnosis, _ = diagnosed
-    summary = diagnosis.summary
-    assert summary["verdict"]["label"] == judge(
-        summary["failure_rate"], summary["share_failures_high_socm"],
-        summary["collapse"]["auroc"]["ci_excludes_half"])
+def test_verdict_follows_from_evidence_computed_here(diagnosed, kb):
+    from math import comb
+
+    summary = diagnosed.summary
+    rate = len(FAILED) / len(RUNS)  # 3/7 ≈ 0.43: above 0.10 and above 0.30
+    assert summary["failure_rate"] == rate
+    verdict = summary["verdict"]
+    # by the rule: not adequate (3/7 > 0.10); at 3/7 ≥ 0.30 unsuitable exactly when collapse is implicated
+    assert verdict["label"] == ("unsuitable" if verdict["collapse_implicated"] else "at risk")
+    threshold = float(np.quantile(kb.collapse.pairs["socm"].to_numpy(), HIGH_SOCM_QUANTILE))
+    pairs = [kb.ref(RUNS[q][0], RUNS[q][2] or UNRETRIEVED_TOP) for q in FAILED]
+    # the dropped pair is the library's: a SOCM within COMPUTED_TOL of the threshold could flip
+    assert all(abs(p.socm - threshold) > COMPUTED_TOL for p in pairs)
+    null = summary["high_socm_null"]
+    assert null["n"] == len(FAILED) and null["n_high"] == sum(p.socm >= threshold for p in pairs)
+    share = null["null_share"]
+    tail = sum(comb(3, x) * share**x * (1 - share) ** (3 - x) for x in range(null["n_high"], 4))
+    assert null["p_value"] == pytest.approx(tail, rel=1e-9)  # exact tail, 4 terms: float rounding only
     assert summary["thresholds"]["FAILURE_RATE_ADEQUATE"] == FAILURE_RATE_ADEQUATE
-    assert any("failure rate" in line for line in summary["verdict"]["evidence"])
+    assert any(f"failure rate {rate:.3f}" in line for line in verdict["evidence"])
 
 
-def test_report_written_beside_the_tables(diagnosed):
-    diagnosis, _ = diagnosed
-    html = (diagnosis.out / "report.html").read_text()
-    for name in ("failures.parquet", "queries.parquet", "diagnosis.json", "summary.md"):
-        assert (diagnosis.out / name).is_file()
+def test_report_written_beside_the_tables(diagnosed, tmp_path):
+    from rag_diag.report import render_report
+    from rag_diag.report.views import diagnosis_report
+
+    out = diagnosed.write(tmp_path / "diag")
+    render_report(out, diagnosis_report(diagnosed))
+    for name in ("failures.parquet", "queries.parquet", "diagnosis.json", "summary.md", "report.html"):
+        assert (out / name).is_file()
+    html = (out / "report.html").read_text()
     assert "gpl3+" in html and "<del>" in html and "mean+std" in html
 
 
-@pytest.mark.parametrize("evidence", [(None, False), (0.2, False), (0.6, False), (0.2, True), (1.0, True)])
-def test_verdict_is_monotone_in_failure_rate(evidence):
+def test_written_diagnosis_opens_back(mock_kb, tmp_path):
+    diagnosis = diagnose(mock_kb.evaluation, mock_kb.collapse, corpus=mock_kb.corpus)
+    again = Diagnosis.open(diagnosis.write(tmp_path / "d"))
+    assert again.summary == json.loads(json.dumps(diagnosis.summary))
+    assert again.failures.equals(diagnosis.failures) and again.queries.equals(diagnosis.queries)
+
+
+@pytest.mark.parametrize("implicated", [False, True])
+def test_verdict_is_monotone_in_failure_rate(implicated):
     order = ["adequate", "at risk", "unsuitable"]
-    labels = [order.index(judge(rate, *evidence)) for rate in np.linspace(0, 1, 21)]
+    labels = [order.index(judge(rate, implicated)) for rate in np.linspace(0, 1, 21)]
     assert labels == sorted(labels)
-    assert judge(0.0, *evidence) == "adequate"
+    assert judge(0.0, implicated) == "adequate"
 
 
 def test_verdict_is_monotone_in_evidence():
     order = ["adequate", "at risk", "unsuitable"]
     for rate in (0.05, FAILURE_RATE_ADEQUATE + 0.01, FAILURE_RATE_UNSUITABLE, 0.9):
-        weak = order.index(judge(rate, 0.0, False))
-        assert order.index(judge(rate, 1.0, False)) >= weak
-        assert order.index(judge(rate, 0.0, True)) >= weak
-    assert judge(0.9, 0.0, False) == "at risk" and judge(0.9, 1.0, False) == "unsuitable"
+        assert order.index(judge(rate, True)) >= order.index(judge(rate, False))
+    assert judge(0.9, False) == "at risk" and judge(0.9, True) == "unsuitable"
 
 
-def test_no_failures_is_adequate(licence_store, tmp_path):
-    corpus = write_corpus(tmp_path / "corpus")
-    collapse = write_collapse(licence_store, tmp_path / "collapse", drop=None)
+def test_no_failures_is_adequate(mock_licence_store):
     runs = {q: (relevant, 1, None) for q, (relevant, _, _) in RUNS.items()}
-    evaluation = write_eval(tmp_path / "eval", corpus, runs)
-    diagnosis = diagnose(evaluation, collapse, tmp_path / "out")
+    kb = make_kb(mock_licence_store, runs, drop=None)
+    diagnosis = diagnose(kb.evaluation, kb.collapse)
     assert diagnosis.failures.is_empty()
-    assert diagnosis.verdict.label == "adequate"
+    assert diagnosis.summary["verdict"]["label"] == "adequate"
     assert diagnosis.summary["collapse"]["auroc"]["auroc"] is None
+
+
+# ------------------------------------------------------------------------- the CLI
+
+
+def write_folders(kb: KB, root: Path, runs: dict = RUNS) -> tuple[Path, Path]:
+    """The corpus as a BEIR folder, and the evaluation and collapse folders the CLI reads."""
+    corpus_dir = root / "corpus"
+    write_beir(corpus_dir, kb.corpus, kb.queries)
+    evaluation = build_evaluation(kb.store.manifest["model"], kb.corpus, runs, str(corpus_dir / "corpus.jsonl"))
+    evaluation.write(root / "eval")
+    kb.collapse.write(root / "collapse")
+    return root / "eval", root / "collapse"
 
 
 def _dirs(evaluation: Path, collapse: Path, out: Path) -> list[str]:
     return ["--eval", str(evaluation), "--collapse", str(collapse), "--out", str(out)]
 
 
-def test_cli_writes_the_diagnosis(licence_store, tmp_path, capsys):
-    corpus = write_corpus(tmp_path / "corpus")
-    collapse = write_collapse(licence_store, tmp_path / "collapse", drop=None)
-    evaluation = write_eval(tmp_path / "eval", corpus)
-    code = main(["diagnose", *_dirs(evaluation, collapse, tmp_path / "o")])
-    assert code == 0
+def test_cli_writes_the_diagnosis(mock_kb, tmp_path, capsys):
+    evaluation, collapse = write_folders(mock_kb, tmp_path)
+    assert main(["diagnose", *_dirs(evaluation, collapse, tmp_path / "o")]) == 0
     assert "mean pooling:" in capsys.readouterr().out
-    assert json.loads((tmp_path / "o" / "diagnosis.json").read_text())["n_failures"] == 3
-
-
-# ------------------------------------------------------------------------- bad input
+    assert json.loads((tmp_path / "o" / "diagnosis.json").read_text())["n_failures"] == len(FAILED)
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "gpl3+" in html and "<del>" in html  # texts come from the corpus the evaluation names
 
 
 def _cli_error(capsys, *args: str) -> str:
@@ -323,9 +364,8 @@ def _cli_error(capsys, *args: str) -> str:
     return message
 
 
-def test_missing_eval_files_are_one_line_errors(licence_store, tmp_path, capsys):
-    collapse = write_collapse(licence_store, tmp_path / "collapse", drop=None)
-    evaluation = write_eval(tmp_path / "eval", write_corpus(tmp_path / "corpus"))
+def test_missing_eval_files_are_one_line_errors(mock_kb, tmp_path, capsys):
+    evaluation, collapse = write_folders(mock_kb, tmp_path)
     (evaluation / "per_query.parquet").unlink()
     message = _cli_error(capsys, *_dirs(evaluation, collapse, tmp_path / "o"))
     assert "per_query.parquet" in message
@@ -334,25 +374,27 @@ def test_missing_eval_files_are_one_line_errors(licence_store, tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_doc_ids_are_refused(licence_store, tmp_path, capsys):
-    collapse = write_collapse(licence_store, tmp_path / "collapse", drop=None)
+def test_unknown_doc_ids_are_refused(mock_kb, tmp_path, capsys):
     runs = {**RUNS, "q-unknown": ("not-in-collapse", 2, "gpl2+")}
-    evaluation = write_eval(tmp_path / "eval", write_corpus(tmp_path / "corpus"), runs)
+    evaluation, collapse = write_folders(mock_kb, tmp_path, runs)
     message = _cli_error(capsys, *_dirs(evaluation, collapse, tmp_path / "o"))
     assert "not-in-collapse" in message
 
 
-def test_other_model_is_refused(licence_store, tmp_path):
-    collapse = write_collapse(licence_store, tmp_path / "collapse", drop=None)
-    summary = json.loads((collapse / "summary.json").read_text())
-    (collapse / "summary.json").write_text(json.dumps({**summary, "model": "mpnet"}))
-    evaluation = write_eval(tmp_path / "eval", write_corpus(tmp_path / "corpus"))
+def test_other_model_is_refused(mock_kb):
+    other = CollapseTable({**mock_kb.collapse.summary, "model": {"name": "mpnet"}}, mock_kb.collapse.docs,
+                          mock_kb.collapse.pairs)
     with pytest.raises(RagDiagError, match="same model"):
-        diagnose(evaluation, collapse, tmp_path / "o")
+        diagnose(mock_kb.evaluation, other)
 
 
-def test_unknown_strategy_is_refused(licence_store, tmp_path):
-    collapse = write_collapse(licence_store, tmp_path / "collapse", drop=None)
-    evaluation = write_eval(tmp_path / "eval", write_corpus(tmp_path / "corpus"))
+def test_other_corpus_is_refused(mock_kb):
+    other = CollapseTable({**mock_kb.collapse.summary, "corpus_sha256": "0" * 64}, mock_kb.collapse.docs,
+                          mock_kb.collapse.pairs)
+    with pytest.raises(RagDiagError, match="different corpora"):
+        diagnose(mock_kb.evaluation, other)
+
+
+def test_unknown_strategy_is_refused(mock_kb):
     with pytest.raises(RagDiagError, match="no per-query rows for strategy 'cls'"):
-        diagnose(evaluation, collapse, tmp_path / "o", strategy="cls")
+        diagnose(mock_kb.evaluation, mock_kb.collapse, strategy="cls")

@@ -1,83 +1,203 @@
-"""Evaluation: metrics equal trec_eval's on the written runs; per-query rows; significance; the CLI."""
+"""Evaluation: metrics equal trec_eval's (pytrec_eval) on the written runs and qrels; per-query rows;
+significance against a brute-force sign-flip enumeration; the written folder opens back; the CLI.
+
+Fast tests evaluate an index bundle built with the deterministic MockEncoder (the model is not the
+point); the slow ones repeat the trec_eval check with the real MiniLM and drive the CLI.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import shlex
 import shutil
 
 import numpy as np
 import polars as pl
 import pytest
-from test_index_helpers import licence_beir, licence_bundle  # noqa: F401  (fixtures)
+from test_index_helpers import licence_beir  # noqa: F401  (fixture)
 
-from rag_diag.corpora.io import load_qrels, load_queries
-from rag_diag.evaluate import Ranking, evaluate_bundle, monotone_scores, per_query_rows
-from rag_diag.rerank import RerankConfig
+from rag_diag.corpora.io import load_beir
+from rag_diag.corpora.trec import read_trec_run
+from rag_diag.errors import RagDiagError
+from rag_diag.evaluation.evaluate import evaluate_bundle, per_query_rows
+from rag_diag.evaluation.result import PER_QUERY_SCHEMA, EvalResult, Ranking, monotone_scores
+from rag_diag.retrieval.rerank import RerankConfig
 
+STRATEGIES = "mean,max,mean+std"
+RERANKERS = "maxsim,w2"
+RUN_NAMES = {"mean", "max", "mean+std", "rerank-maxsim", "rerank-w2"}
 TREC_MEASURES = {"P_1": "P@1", "P_5": "P@5", "P_10": "P@10", "recall_10": "R@10", "recall_100": "R@100",
-                 "ndcg_cut_10": "nDCG@10", "map": "MAP"}
+                 "ndcg_cut_10": "nDCG@10", "map": "MAP", "success_10": "hit@10"}
+# ranx and trec_eval add the same double-precision terms per query, in different orders: ≤ ~1e-15 per
+# query and ≤ 20 queries, so 1e-9 is a generous bound on the difference of the means.
+METRIC_TOL = 1e-9
 
 
 @pytest.fixture(scope="module")
-def evaluation(licence_bundle, licence_beir, tmp_path_factory):  # noqa: F811
-    queries = load_queries(licence_beir / "queries.jsonl")
-    qrels = load_qrels(licence_beir / "qrels" / "test.tsv", queries)
-    out = tmp_path_factory.mktemp("eval") / "out"
-    return evaluate_bundle(licence_bundle.path, queries, qrels, 10, "all", out, config=RerankConfig(depth=20))
+def mock_encoder():
+    from rag_diag.models.mock import MockEncoder
+
+    return MockEncoder(max_seq_length=128)
 
 
-def _read_trec(path):
-    run: dict[str, dict[str, float]] = {}
-    for line in path.read_text().splitlines():
-        query_id, _, doc_id, _, score, _ = line.split()
-        run.setdefault(query_id, {})[doc_id] = float(score)
-    return run
+@pytest.fixture(scope="module")
+def mock_bundle(licence_beir, mock_encoder):  # noqa: F811
+    from rag_diag.retrieval.bundle import build_indexes
+
+    corpus, _, _ = load_beir(licence_beir)
+    return build_indexes(corpus, model=mock_encoder, strategies=STRATEGIES)  # in memory
 
 
-@pytest.mark.slow
-def test_metrics_equal_trec_eval(evaluation):
-    import pytrec_eval
+@pytest.fixture(scope="module")
+def mock_evaluation(licence_beir, mock_bundle, mock_encoder, tmp_path_factory):  # noqa: F811
+    _, queries, qrels = load_beir(licence_beir)
+    result = evaluate_bundle(mock_bundle, queries, qrels, k=10, rerankers=RERANKERS, model=mock_encoder,
+                             config=RerankConfig(depth=20), command="test-command")
+    return result.write(tmp_path_factory.mktemp("eval") / "out")
 
+
+def _qrels(path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    for line in (evaluation.path / "qrels.tsv").read_text().splitlines()[1:]:
+    for line in path.read_text().splitlines()[1:]:
         query_id, doc_id, score = line.split("\t")
         qrels.setdefault(query_id, {})[doc_id] = int(score)
-    metrics = json.loads((evaluation.path / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"mean", "cls", "max", "mean+std", "sketch", "power", "sif", "last",
-                            "rerank-maxsim", "rerank-w2", "rerank-blend", "rerank-hybrid"}
-    for name, ours in metrics.items():
-        run = _read_trec(evaluation.path / "runs" / f"{name}.trec")
-        evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"P.1,5,10", "recall.10,100", "ndcg_cut.10", "map"})
-        scores = evaluator.evaluate(run)
-        for measure, key in TREC_MEASURES.items():
-            expected = np.mean([scores[q][measure] for q in qrels])
-            assert ours[key] == pytest.approx(expected, abs=1e-9), (name, key)
+    return qrels
+
+
+def trec_eval_per_query(folder) -> dict[str, dict[str, dict[str, float]]]:
+    """{run: {query: {measure: value}}} by pytrec_eval on the written runs and qrels (MRR on the top 10)."""
+    import pytrec_eval
+
+    qrels = _qrels(folder / "qrels.tsv")
+    measures = {"P.1,5,10", "recall.10,100", "ndcg_cut.10", "map", "success.10"}
+    values = {}
+    for path in sorted((folder / "runs").glob("*.trec")):
+        run = read_trec_run(path)
+        scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
         top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}
         reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
-        assert ours["MRR@10"] == pytest.approx(np.mean([reciprocal[q]["recip_rank"] for q in qrels]), abs=1e-9)
-        assert 0.0 <= ours["context_precision"] <= 1.0 and 0.0 <= ours["context_recall"] <= 1.0
+        values[path.stem] = {q: {**scores[q], "recip_rank_10": reciprocal[q]["recip_rank"]} for q in qrels}
+    return values
 
 
-@pytest.mark.slow
-def test_outputs_and_per_query_table(evaluation):
-    summary = json.loads((evaluation.path / "metrics.json").read_text())
-    assert summary["k"] == 10 and summary["token_store"] and summary["corpus"].endswith("corpus.jsonl")
-    assert summary["model"]["name"] == "minilm"
-    test = summary["significance"]["rerank-maxsim"]["P@1"]
-    assert {"p_value", "corrected_p_value", "effect_size", "significant"} <= set(test)
-    assert "mean" not in summary["significance"]
-    table = pl.read_parquet(evaluation.path / "per_query.parquet")
-    assert table.columns == ["query_id", "strategy", "first_relevant_rank", "first_relevant_id", "relevant_score",
-                             "top_doc", "top_score", "confuser", "confuser_score", "n_relevant"]
-    assert table.height == 18 * 12
+def check_against_trec_eval(result: EvalResult) -> None:
+    per_query = trec_eval_per_query(result.path)
+    assert set(per_query) == set(result.metrics)
+    for name, ours in result.metrics.items():
+        queries = per_query[name]
+        for measure, key in TREC_MEASURES.items():
+            expected = np.mean([values[measure] for values in queries.values()])
+            assert ours[key] == pytest.approx(expected, abs=METRIC_TOL), (name, key)
+        expected_mrr = np.mean([values["recip_rank_10"] for values in queries.values()])
+        assert ours["MRR@10"] == pytest.approx(expected_mrr, abs=METRIC_TOL), name
+        # ragas' ID-based context precision / recall at k = 10 are P@10 and R@10 of the same top 10
+        assert ours["context_precision"] == pytest.approx(ours["P@10"], abs=METRIC_TOL), name
+        assert ours["context_recall"] == pytest.approx(ours["R@10"], abs=METRIC_TOL), name
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_equal_trec_eval(mock_evaluation):
+    assert set(mock_evaluation.metrics) == RUN_NAMES
+    check_against_trec_eval(mock_evaluation)
+
+
+def brute_force_p(differences: np.ndarray) -> float:
+    """Two-sided sign-flip p over every sign pattern of the non-zero differences (itertools, no library)."""
+    nonzero = [d for d in differences if d != 0]
+    if len(nonzero) < 2:
+        return 1.0
+    observed = abs(sum(nonzero))
+    # the differences are P@1 differences (±1): every sum is an exact small integer; 1e-12 only guards rounding
+    hits = sum(abs(sum(s * d for s, d in zip(signs, nonzero, strict=True))) >= observed - 1e-12
+               for signs in itertools.product((1, -1), repeat=len(nonzero)))
+    return hits / 2 ** len(nonzero)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    ordered = sorted(p_values.items(), key=lambda kv: kv[1])
+    adjusted, running = {}, 0.0
+    for position, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - position) * p))
+        adjusted[name] = running
+    return adjusted
+
+
+def test_significance_is_an_exact_sign_flip_test_with_holm(mock_evaluation):
+    """P@1 differs on ≤ 16 queries per strategy (18 queries): the library's p is exact, so equal to ours."""
+    per_query = trec_eval_per_query(mock_evaluation.path)
+    queries = sorted(per_query["mean"])
+    baseline = np.array([per_query["mean"][q]["P_1"] for q in queries])
+    raw = {}
+    for name in RUN_NAMES - {"mean"}:
+        differences = np.array([per_query[name][q]["P_1"] for q in queries]) - baseline
+        test = mock_evaluation.significance[name]["P@1"]
+        assert test["n_nonzero"] == int(np.count_nonzero(differences)) <= 16
+        raw[name] = brute_force_p(differences)
+        # a count of sign patterns over 2^n: both sides are the same exact ratio
+        assert test["p_value"] == pytest.approx(raw[name], abs=1e-12), name
+        assert test["effect_size"] == pytest.approx(differences.mean(), abs=1e-12), name  # mean of 0/±1 values
+    for name, adjusted in holm(raw).items():
+        test = mock_evaluation.significance[name]["P@1"]
+        assert test["corrected_p_value"] == pytest.approx(adjusted, abs=1e-12)  # products of exact ratios
+        assert test["significant"] == (adjusted < 0.05)
+    assert "mean" not in mock_evaluation.significance
+
+
+# ---------------------------------------------------------------------------------------------- artefacts
+
+
+def test_outputs_and_per_query_table(mock_evaluation, mock_encoder):
+    manifest = mock_evaluation.manifest
+    assert manifest["k"] == 10 and manifest["n_queries"] == 18 and manifest["command"] == "test-command"
+    assert manifest["model"] == mock_encoder.identity and manifest["corpus_sha256"]
+    assert manifest["rerank"]["depth"] == 20
+    table = pl.read_parquet(mock_evaluation.path / "per_query.parquet")
+    assert set(PER_QUERY_SCHEMA) <= set(table.columns)
+    assert table.height == 18 * len(RUN_NAMES)
     at_one = table.filter(pl.col("first_relevant_rank") == 1)
     assert at_one["confuser"].null_count() == at_one.height
     later = table.filter(pl.col("first_relevant_rank") > 1)
-    assert (later["confuser"] == later["top_doc"]).all()
+    assert later.height > 0 and (later["confuser"] == later["top_doc"]).all()
+    per_query = trec_eval_per_query(mock_evaluation.path)
+    for row in table.iter_rows(named=True):  # rank 1 ⇔ trec_eval's P@1 = 1 for that query and run
+        assert (row["first_relevant_rank"] == 1) == (per_query[row["strategy"]][row["query_id"]]["P_1"] == 1.0)
     mean = table.filter(pl.col("strategy") == "mean")
-    assert mean["top_score"].max() <= 1.0 + 1e-6
-    lines = (evaluation.path / "runs" / "mean.trec").read_text().splitlines()
+    assert mean["top_score"].max() <= 1.0 + 1e-6  # cosines of float32 unit vectors: |error| ≤ d·eps32 ≈ 1e-6
+    lines = (mock_evaluation.path / "runs" / "mean.trec").read_text().splitlines()
     assert len(lines) == 18 * 60 and lines[0].split()[1] == "Q0"
+
+
+def test_written_folder_opens_back(mock_evaluation):
+    again = EvalResult.open(mock_evaluation.path)
+    assert again.metrics == mock_evaluation.metrics and again.significance == mock_evaluation.significance
+    assert again.per_query.equals(mock_evaluation.per_query)
+    assert again.qrels.judgements == mock_evaluation.qrels.judgements
+    for name, run in mock_evaluation.runs.items():
+        for query_id, ranking in run.items():
+            opened = again.runs[name][query_id]
+            assert opened.doc_ids == ranking.doc_ids
+            # runs are written monotone-adjusted (float32 steps), with repr: they read back exactly
+            assert opened.scores.tolist() == monotone_scores(ranking.scores).tolist()
+
+
+def test_another_encoder_is_refused(licence_beir, mock_bundle):  # noqa: F811
+    from rag_diag.models.mock import MockEncoder
+
+    _, queries, qrels = load_beir(licence_beir)
+    with pytest.raises(RagDiagError, match="dimension 8"):
+        evaluate_bundle(mock_bundle, queries, qrels, model=MockEncoder(dim=8))
+
+
+def test_judged_document_outside_the_index_is_refused(licence_beir, mock_bundle):  # noqa: F811
+    from rag_diag.corpora.io import Qrels
+
+    _, queries, _ = load_beir(licence_beir)
+    qrels = Qrels({queries.ids[0]: {"not-indexed": 1}})
+    with pytest.raises(RagDiagError, match="not-indexed"):
+        evaluate_bundle(mock_bundle, queries, qrels)
 
 
 def test_confuser_is_best_non_relevant_above_first_relevant():
@@ -94,7 +214,30 @@ def test_confuser_is_best_non_relevant_above_first_relevant():
 def test_monotone_scores_break_ties_in_rank_order():
     adjusted = monotone_scores(np.array([0.5, 0.5, 0.5, 0.2]))
     assert (np.diff(adjusted.astype(np.float32)) < 0).all()
-    assert adjusted[0] == 0.5 and adjusted[3] == pytest.approx(0.2, abs=1e-7)
+    # 0.2 is not a float32: the adjusted value is float32(0.2), within half a float32 ulp (≈ 7.5e-9)
+    assert adjusted[0] == 0.5 and adjusted[3] == pytest.approx(0.2, abs=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------- real model
+
+
+@pytest.fixture(scope="module")
+def minilm_bundle(licence_beir, minilm, tmp_path_factory):  # noqa: F811
+    from rag_diag.retrieval.bundle import build_indexes
+
+    corpus, _, _ = load_beir(licence_beir)
+    return build_indexes(corpus, model=minilm, strategies="mean,mean+std").write(tmp_path_factory.mktemp("b") / "idx")
+
+
+@pytest.mark.slow
+def test_real_model_metrics_equal_trec_eval(minilm_bundle, licence_beir, tmp_path):  # noqa: F811
+    _, queries, qrels = load_beir(licence_beir)
+    result = evaluate_bundle(minilm_bundle, queries, qrels, rerankers="maxsim").write(tmp_path / "eval")
+    assert set(result.metrics) == {"mean", "mean+std", "rerank-maxsim"}
+    assert result.manifest["model"]["name"] == "minilm" and result.manifest["model"]["weights_sha256"]
+    check_against_trec_eval(result)
+    # real licence notices with the real model: far better than chance (1 relevant label of 6)
+    assert result.metrics["mean"]["P@1"] > 0.5
 
 
 @pytest.mark.slow
@@ -104,27 +247,30 @@ def test_cli_end_to_end(licence_beir, tmp_path):  # noqa: F811
     index_dir, eval_dir = tmp_path / "idx", tmp_path / "eval"
     assert main(["index", "--corpus", str(licence_beir), "--model", "minilm", "--pooling", "mean,mean+std",
                  "--index-type", "hnsw", "--out", str(index_dir)]) == 0
-    assert (index_dir / "langchain" / "index.pkl").is_file()
+    assert (tmp_path / "idx-langchain" / "index.pkl").is_file()  # exported beside the bundle
     assert main(["evaluate", "--index", str(index_dir), "--queries", str(licence_beir / "queries.jsonl"),
                  "--qrels", str(licence_beir / "qrels" / "test.tsv"), "--rerank", "maxsim",
                  "--out", str(eval_dir)]) == 0
     summary = json.loads((eval_dir / "metrics.json").read_text())
     assert set(summary["metrics"]) == {"mean", "mean+std", "rerank-maxsim"}
-    assert summary["command"].startswith("rag-diag") or "evaluate" in summary["command"]
+    words = shlex.split(summary["command"])
+    assert words[:2] == ["rag-diag", "evaluate"]
+    assert words[words.index("--index") + 1] == str(index_dir) and words[words.index("--rerank") + 1] == "maxsim"
+    check_against_trec_eval(EvalResult.open(eval_dir))
 
 
 @pytest.mark.slow
-def test_mismatched_model_and_dimension_are_refused(licence_bundle, licence_beir, tmp_path, capsys):  # noqa: F811
+def test_mismatched_model_and_dimension_are_refused(minilm_bundle, licence_beir, tmp_path, capsys):  # noqa: F811
     from rag_diag.cli import main
 
     args = ["evaluate", "--queries", str(licence_beir / "queries.jsonl"),
             "--qrels", str(licence_beir / "qrels" / "test.tsv"), "--out", str(tmp_path / "eval")]
-    assert main([*args, "--index", str(licence_bundle.path), "--model", "random-minilm"]) == 2
+    assert main([*args, "--index", str(minilm_bundle.path), "--model", "random-minilm"]) == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "random-minilm" in message and "\n" not in message
 
     copy = tmp_path / "copy"
-    shutil.copytree(licence_bundle.path, copy)
+    shutil.copytree(minilm_bundle.path, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "dim": 768}))
     assert main([*args, "--index", str(copy)]) == 2

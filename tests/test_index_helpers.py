@@ -76,11 +76,15 @@ def licence_beir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def licence_bundle(licence_beir, minilm, tmp_path_factory):
-    """Every pooling strategy over the licence corpus, flat indexes, built once."""
-    from rag_diag.index import build_indexes
+    """Every pooling strategy over the licence corpus, flat indexes, built once (real model: slow).
+
+    Built in memory and written: the returned bundle is the opened on-disk copy (``.path`` is set).
+    """
+    from rag_diag.retrieval.bundle import build_indexes
 
     out = tmp_path_factory.mktemp("bundle") / "idx"
-    return build_indexes(licence_beir, minilm, "all", "flat", "cpu", out)
+    bundle = build_indexes(licence_beir, model=minilm, strategies="all", index_type="flat", device="cpu")
+    return bundle.write(out)
 
 
 def test_licence_beir_is_well_formed(licence_beir):

@@ -8,18 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rag_diag.corpora.io import (
-    Corpus,
-    Qrels,
-    Queries,
-    load_beir,
-    load_corpus,
-    load_qrels,
-    load_queries,
-    read_trec_run,
-    write_beir,
-    write_trec_run,
-)
+from rag_diag.corpora.io import Corpus, Qrels, Queries, load_beir, load_corpus, load_qrels, load_queries
+from rag_diag.corpora.trec import read_trec_run, write_trec_run
+from rag_diag.corpora.writers import write_beir
 from rag_diag.errors import RagDiagError
 
 
@@ -80,11 +71,15 @@ def test_beir_round_trip_keeps_titles_and_metadata(tmp_path):
 
 
 def test_trec_run_round_trip_sorted_by_score(tmp_path):
-    path = write_trec_run(tmp_path / "run.trec", {"q2": {"a": 0.5, "b": 0.9}, "q1": {"c": 1.0}}, tag="t")
-    assert path.read_text().splitlines() == [
-        "q1 Q0 c 1 1.000000 t", "q2 Q0 b 1 0.900000 t", "q2 Q0 a 2 0.500000 t",
+    run = {"q2": {"a": 0.5, "b": 0.9, "z": 0.5}, "q1": {"c": 0.1 + 0.2}}
+    path = write_trec_run(tmp_path / "run.trec", run, tag="t")
+    rows = [line.split() for line in path.read_text().splitlines()]
+    # queries sorted, documents by score, tied scores by document id; ranks from 1; the tag last
+    assert [(q, zero, d, rank, tag) for q, zero, d, rank, _, tag in rows] == [
+        ("q1", "Q0", "c", "1", "t"), ("q2", "Q0", "b", "1", "t"), ("q2", "Q0", "a", "2", "t"),
+        ("q2", "Q0", "z", "3", "t"),
     ]
-    assert read_trec_run(path) == {"q1": {"c": 1.0}, "q2": {"b": 0.9, "a": 0.5}}
+    assert read_trec_run(path) == run  # exactly: 0.1 + 0.2 is not 0.3 and must come back as written
 
 
 @pytest.mark.parametrize(

@@ -1,61 +1,133 @@
-"""LangChain FAISS stores: our export opens with FAISS.load_local and returns our neighbours; import back."""
+"""LangChain FAISS stores: our export opens with FAISS.load_local and returns our neighbours; a store
+read back (and a user-built one) evaluates like the index it holds.
+
+Fast tests export and re-import bundles built with the deterministic MockEncoder; the slow ones use
+the real MiniLM through LangChain's own HuggingFaceEmbeddings.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_index_helpers import licence_beir, licence_bundle  # noqa: F401  (fixtures)
+from test_index_helpers import licence_beir  # noqa: F401  (fixture)
 
-from rag_diag.corpora.io import load_corpus, load_qrels, load_queries
-from rag_diag.index import IndexBundle, search
-from rag_diag.langchain_io import build_langchain_store, export_langchain, import_langchain, load_langchain_store
-from rag_diag.models import minilm_path
-from rag_diag.pooling import index_vectors, pool_store
-
-pytestmark = pytest.mark.slow
+from rag_diag.corpora.io import Corpus, load_beir
+from rag_diag.errors import RagDiagError
+from rag_diag.evaluation.evaluate import evaluate_bundle
+from rag_diag.retrieval.bundle import IndexBundle
+from rag_diag.stores.langchain import build_langchain_store, export_langchain, load_langchain_store
+from rag_diag.stores.stored import open_store
 
 
 @pytest.fixture(scope="module")
-def embeddings():
+def mock_encoder():
+    from rag_diag.models.mock import MockEncoder
+
+    return MockEncoder(max_seq_length=128)
+
+
+@pytest.fixture(scope="module")
+def mock_bundle(licence_beir, mock_encoder):  # noqa: F811
+    from rag_diag.retrieval.bundle import build_indexes
+
+    corpus, _, _ = load_beir(licence_beir)
+    return build_indexes(corpus, model=mock_encoder, strategies="mean")
+
+
+def imported_bundle(folder, model_identity: dict) -> IndexBundle:
+    """What replaced ``import_langchain``: open the store, wrap its own index as an in-memory bundle."""
+    stored = open_store(folder)
+    return IndexBundle.from_index(stored.index, stored.doc_ids, model=model_identity,
+                                  corpus_sha256=stored.corpus().content_hash(), source=str(folder))
+
+
+# ---------------------------------------------------------------------------------------------- fast
+
+
+def test_load_store_round_trip(mock_bundle, licence_beir, tmp_path):  # noqa: F811
+    corpus, _, _ = load_beir(licence_beir)
+    folder = export_langchain(mock_bundle, corpus, tmp_path / "lc")
+    index, doc_ids, texts, metadatas = load_langchain_store(folder)
+    assert doc_ids == corpus.ids and texts == corpus.texts and metadatas[0] == {"id": corpus.ids[0]}
+    np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal),
+                                  mock_bundle.index("mean").reconstruct_n(0, index.ntotal))
+
+
+def test_export_refuses_another_corpus(mock_bundle, licence_beir, tmp_path):  # noqa: F811
+    corpus, _, _ = load_beir(licence_beir)
+    shuffled = Corpus(ids=corpus.ids[::-1], texts=corpus.texts[::-1])
+    with pytest.raises(RagDiagError, match="differs from the one the index was built from"):
+        export_langchain(mock_bundle, shuffled, tmp_path / "lc")
+    assert not (tmp_path / "lc").exists()
+
+
+def test_imported_store_evaluates_like_its_index(mock_bundle, mock_encoder, licence_beir, tmp_path):  # noqa: F811
+    corpus, queries, qrels = load_beir(licence_beir)
+    folder = export_langchain(mock_bundle, corpus, tmp_path / "lc")
+    bundle = imported_bundle(folder, mock_encoder.identity)
+    assert bundle.strategies == ["mean"] and bundle.path is None and bundle.doc_ids == corpus.ids
+    imported = evaluate_bundle(bundle, queries, qrels, model=mock_encoder)
+    original = evaluate_bundle(mock_bundle, queries, qrels, model=mock_encoder)
+    assert imported.metrics == original.metrics  # the same vectors and the same queries: equal runs
+    for query_id, ranking in original.runs["mean"].items():
+        assert imported.runs["mean"][query_id].doc_ids == ranking.doc_ids
+
+
+# ---------------------------------------------------------------------------------------------- real model
+
+
+@pytest.fixture(scope="module")
+def minilm_bundle(licence_beir, minilm):  # noqa: F811
+    from rag_diag.retrieval.bundle import build_indexes
+
+    corpus, _, _ = load_beir(licence_beir)
+    return build_indexes(corpus, model=minilm, strategies="mean")
+
+
+@pytest.fixture(scope="module")
+def embeddings(minilm):
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    return HuggingFaceEmbeddings(
-        model_name=str(minilm_path()), model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
-    )
+    return HuggingFaceEmbeddings(model_name=minilm.identity["source"], model_kwargs={"device": "cpu"},
+                                 encode_kwargs={"normalize_embeddings": True})
 
 
-def test_export_loads_and_returns_our_top10(licence_bundle, licence_beir, embeddings, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_export_loads_and_returns_our_top10(minilm_bundle, minilm, licence_beir, embeddings, tmp_path):  # noqa: F811
     from langchain_community.vectorstores import FAISS
 
-    from rag_diag.encode import encode_texts
+    from rag_diag.pooling import index_vectors, pool_store
+    from rag_diag.retrieval.index import search
+    from rag_diag.tokens.extract import encode_texts
 
-    folder = export_langchain(licence_bundle.path, tmp_path / "lc")
+    corpus, queries, _ = load_beir(licence_beir)
+    folder = export_langchain(minilm_bundle, corpus, tmp_path / "lc")
     store = FAISS.load_local(str(folder), embeddings, allow_dangerous_deserialization=True)
-    queries = load_queries(licence_beir / "queries.jsonl")
-    query_store = encode_texts(queries.texts, model="minilm", ids=queries.ids)
+    query_store = encode_texts(queries.texts, model=minilm, ids=queries.ids)
     vectors = index_vectors(pool_store("mean", query_store), "cosine")
-    _, rows = search(licence_bundle.index("mean"), vectors, 10, "cosine")
-    ids = licence_bundle.doc_ids
+    _, rows = search(minilm_bundle.index("mean"), vectors, 10, "cosine")
+    ids = minilm_bundle.doc_ids
     for text, row in zip(queries.texts, rows, strict=True):
         found = [doc.metadata["id"] for doc in store.similarity_search(text, k=10)]
         assert found == [ids[r] for r in row]
 
 
-def test_load_store_round_trip(licence_bundle, licence_beir, tmp_path):  # noqa: F811
-    folder = export_langchain(licence_bundle.path, tmp_path / "lc")
-    index, doc_ids, texts, metadatas = load_langchain_store(folder)
-    corpus = load_corpus(licence_beir)
-    assert doc_ids == corpus.ids and texts == corpus.texts and metadatas[0] == {"id": corpus.ids[0]}
-    np.testing.assert_array_equal(index.reconstruct_n(0, 5), licence_bundle.index("mean").reconstruct_n(0, 5))
-
-
-def test_user_built_store_imports_and_evaluates(licence_beir, tmp_path):  # noqa: F811
-    from rag_diag.evaluate import evaluate_bundle
-
-    folder = build_langchain_store(load_corpus(licence_beir), "minilm", tmp_path / "user-store")
-    bundle = import_langchain(folder, tmp_path / "imported")
-    assert isinstance(bundle, IndexBundle) and bundle.strategies == ["mean"]
-    queries = load_queries(licence_beir / "queries.jsonl")
-    qrels = load_qrels(licence_beir / "qrels" / "test.tsv", queries)
-    result = evaluate_bundle(bundle.path, queries, qrels, out=tmp_path / "eval")
-    assert 0.0 < result.metrics["mean"]["P@1"] <= 1.0
+@pytest.mark.slow
+def test_user_built_store_imports_and_evaluates(minilm_bundle, minilm, licence_beir, tmp_path):  # noqa: F811
+    corpus, queries, qrels = load_beir(licence_beir)
+    folder = build_langchain_store(corpus, "minilm", tmp_path / "user-store")
+    bundle = imported_bundle(folder, minilm.identity)
+    assert bundle.strategies == ["mean"] and bundle.doc_ids == corpus.ids
+    imported = evaluate_bundle(bundle, queries, qrels, model="minilm")
+    ours = evaluate_bundle(minilm_bundle, queries, qrels, model="minilm")
+    assert 0.5 < imported.metrics["mean"]["P@1"] <= 1.0  # 6 labels: chance is ~1/6
+    theirs = open_store(folder).vectors(np.arange(len(corpus)))
+    own = minilm_bundle.index("mean").reconstruct_n(0, len(corpus)).astype(np.float64)
+    cosines = (theirs * own).sum(axis=1) / np.linalg.norm(theirs, axis=1) / np.linalg.norm(own, axis=1)
+    assert cosines.min() > 0.99999  # the same model and pooling; float32 batch-padding noise is ~1e-6
+    # rankings can then differ only where two scores are closer than that noise (< 1e-5): compare the
+    # top documents wherever the gap is larger
+    for query_id, ranking in ours.runs["mean"].items():
+        other = imported.runs["mean"][query_id]
+        if ranking.scores[0] - ranking.scores[1] > 1e-5:
+            assert other.doc_ids[0] == ranking.doc_ids[0], query_id

@@ -1,13 +1,18 @@
-"""Pipeline files: validation before anything runs, ${out} substitution, a real end-to-end run."""
+"""Pipeline files: validation before anything runs, ${out} substitution, every step a CLI command,
+and (slow) the demo pipeline end to end."""
 
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 
+from rag_diag.cli.pipeline import STEPS, Step, load_pipeline, run_pipeline
 from rag_diag.errors import RagDiagError
-from rag_diag.pipeline import STEPS, load_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, text: str):
@@ -53,26 +58,64 @@ def test_cli_run_missing_file_is_one_line_error(tmp_path, capsys):
 
 
 def test_bundled_pipelines_parse_and_use_known_steps():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "pipelines"
-    for path in sorted(root.glob("*.toml")):
+    for path in sorted((ROOT / "pipelines").glob("*.toml")):
         config, steps = load_pipeline(path)
         assert all(step.kind in STEPS for step in steps)
         assert steps or config["pipeline"].get("kind")
 
 
+def test_step_command_is_the_equivalent_command_line():
+    step = Step("diagnose", {"eval": "o/eval", "collapse": "o/c d", "out": "o/diag", "report": False}, 1)
+    assert shlex.split(step.command) == ["rag-diag", "diagnose", "--eval", "o/eval", "--collapse", "o/c d",
+                                         "--out", "o/diag", "--no-report"]
+    build = Step("build-corpus", {"name": "lee", "out": "x", "seed": 0}, 1)
+    assert shlex.split(build.command) == ["rag-diag", "corpora", "build", "lee", "--out", "x", "--seed", "0"]
+    assert Step("demo-report", {"out": "x"}, 2).command == ""
+
+
+def test_a_step_runs_its_command_and_prints_it(tmp_path):
+    """A one-step pipeline (no model): its recorded command, typed as a CLI call, gives the same bytes."""
+    from rag_diag.cli import main
+
+    path = _write(tmp_path, f"""
+[pipeline]
+out = "{tmp_path / 'out'}"
+[[steps]]
+kind = "build-corpus"
+name = "lee"
+out = "${{out}}/lee"
+""")
+    lines: list[str] = []
+    (record,) = run_pipeline(path, echo=lines.append)
+    built = tmp_path / "out" / "lee"
+    assert record["kind"] == "build-corpus" and record["command"] in lines[0]
+    words = shlex.split(record["command"])
+    assert words[:4] == ["rag-diag", "corpora", "build", "lee"]
+    again = tmp_path / "again"
+    assert main([*words[1:words.index("--out")], "--out", str(again)]) == 0
+    files = sorted(p.relative_to(built) for p in built.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for name in files:
+        assert (built / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_demo_report_needs_audit_and_choice(tmp_path):
+    path = _write(tmp_path, "[pipeline]\nout = 'x'\n[[steps]]\nkind = 'demo-report'\nout = 'x'\n")
+    with pytest.raises(RagDiagError, match="needs an audit step and a choose-pooling step"):
+        run_pipeline(path, echo=lambda line: None)
+
+
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_on_a_small_licence_base(tmp_path, monkeypatch):
     """The demo's chain on 300 real licence notices: every artefact exists and the report agrees with them."""
-    from rag_diag.pipeline import run_pipeline
-
     monkeypatch.chdir(tmp_path)
-    demo = (__import__("pathlib").Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml").read_text()
+    demo = (ROOT / "pipelines" / "demo.toml").read_text()
     demo = demo.replace('size = "small"', "size = 300").replace('out = "reports/demo"', 'out = "out"')
     path = tmp_path / "demo.toml"
     path.write_text(demo)
-    run_pipeline(path)
+    records = run_pipeline(path, echo=lambda line: None)
+    assert [r["kind"] for r in records] == ["build-corpus", "langchain-store", "audit", "choose-pooling",
+                                            "demo-report"]
     out = tmp_path / "out"
     for name in ("report.html", "summary.md", "audit/audit.json", "choose/recommendation.json",
                  "audit/diagnosis/diagnosis.json", "audit/collapse/docs.parquet", "store/index.faiss"):

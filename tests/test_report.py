@@ -158,3 +158,18 @@ def test_chromium_renders_the_key_elements(rendered, tmp_path):
     assert colours is not None and len(colours) > 50
     # the plots are drawn: the accent blue of the bars is on the page
     assert any(abs(r - 0x3B) < 8 and abs(g - 0x6E) < 8 and abs(b - 0xA5) < 8 for _, (r, g, b) in colours)
+
+
+def test_strategy_rows_from_an_evaluation_manifest():
+    from rag_diag.report.views import strategy_rows
+
+    manifest = {
+        "metrics": {"mean": {"P@1": 0.5, "MRR@10": 0.6, "nDCG@10": 0.7},
+                    "cls": {"P@1": 0.4, "MRR@10": 0.5, "nDCG@10": 0.65}},
+        "significance": {"cls": {"nDCG@10": {"p_value": 0.01, "corrected_p_value": 0.02, "significant": True}}},
+    }
+    mean, cls = strategy_rows(manifest)
+    assert (mean.strategy, mean.delta_vs_mean, mean.p_value, mean.significant) == ("mean", 0.0, None, None)
+    assert (cls.strategy, cls.p_at_1, cls.mrr_at_10, cls.ndcg_at_10) == ("cls", 0.4, 0.5, 0.65)
+    assert cls.delta_vs_mean == pytest.approx(-0.05, abs=1e-15)  # one double subtraction: ≤ 1 ulp of 0.7
+    assert cls.p_value == 0.02 and cls.significant is True  # the corrected p-value is the one shown

@@ -1,8 +1,15 @@
-"""The Typer application that every command module registers on."""
+"""The Typer application every command module registers on, its console, and the command recorder."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from rag_diag.cmdline import command_line
 
 app = typer.Typer(
     name="rag-diag",
@@ -11,3 +18,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+console = Console(highlight=False)
+
+
+Force = Annotated[bool, typer.Option(help="Replace a non-empty --out folder that rag-diag did not write.")]
+
+
+def check_out(out: Path, kind: str, force: bool = False) -> None:
+    """Fail before the work when ``out`` may not receive an artefact of ``kind`` (after the inputs are read)."""
+    from rag_diag.atomic import check_output
+
+    check_output(out, kind, force)
+
+
+def recorded(context: typer.Context, positional: Sequence[str] = ()) -> str:
+    """The command line of this invocation with every resolved option, for manifests."""
+    return command_line(context.command_path.split()[1:], context.params, positional)

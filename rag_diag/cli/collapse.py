@@ -3,37 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from rag_diag.cli.app import app
+from rag_diag.cli.app import Force, app, check_out, console, recorded
+from rag_diag.cli.encode import HELP_CORPUS
 
 
 @app.command("collapse")
 def collapse_command(
-    corpus: Annotated[Path, typer.Option(help="BEIR folder, its corpus.jsonl, or a text file (one text per line).")],
+    context: typer.Context,
+    corpus: Annotated[Path, typer.Option(help=HELP_CORPUS)],
     out: Annotated[Path, typer.Option(help="Folder for pairs.parquet, docs.parquet and summary.json.")],
-    model: str = typer.Option("minilm", help="Registered model name or a local model folder."),
-    pairs: str = typer.Option(None, help="'all': every pair of a seeded sample (the paper's protocol)."),
-    sample: int = typer.Option(None, min=2, help="Texts in the --pairs all sample (default: all texts)."),
-    seed: int = typer.Option(0, help="Seed of the --pairs all sample."),
-    knn: int = typer.Option(None, min=1, help="SOCM of each document against its K nearest mean-pooled neighbours."),
-    rank: int = typer.Option(None, min=1, help="--knn only: use a rank-R covariance summary instead of all tokens."),
-    layer: str = typer.Option("last", help="'last', a hidden-state index, or 'all' (adds layers.parquet)."),
-    drop_special: bool = typer.Option(False, help="Drop [CLS]/[SEP]/BOS tokens (the paper keeps them)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    dtype: str = typer.Option("float64", help="Precision of the token products: float64 or float32."),
-) -> None:
+    model: Annotated[str, typer.Option(help="Registered model name or a local model folder.")] = "minilm",
+    pairs: Annotated[str | None, typer.Option(help="'all': every pair of a seeded sample (the paper).")] = None,
+    sample: Annotated[int | None, typer.Option(min=2, help="Texts in the --pairs all sample (default all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --pairs all sample.")] = 0,
+    knn: Annotated[int | None, typer.Option(min=1, help="SOCM against the K nearest mean-pooled neighbours.")] = None,
+    rank: Annotated[int | None, typer.Option(min=1, help="--knn only: a rank-R covariance summary.")] = None,
+    layer: Annotated[str, typer.Option(help="'last', a hidden-state index, or 'all' (adds layers).")] = "last",
+    drop_special: Annotated[bool, typer.Option(help="Drop [CLS]/[SEP]/BOS tokens (the paper keeps them).")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Precision of the token products: float64 or float32.")] = "float64",
+    force: Force = False,
+) -> Any:
     """Second-order collapse (SOCM) of a corpus, from its token store (encoded once, cached)."""
-    from rag_diag.collapse_io import check_mode, collapse_corpus
+    from rag_diag.collapse.run import check_mode, collapse_store
+    from rag_diag.collapse.table import KIND
+    from rag_diag.corpora.io import load_corpus
+    from rag_diag.devices import resolve_device
+    from rag_diag.tokens.extract import encode_corpus
 
     check_mode(pairs, knn, rank)
-    summary = collapse_corpus(
-        corpus, out, model=model, knn=knn, sample=sample, seed=seed, rank=rank, layer=layer,
-        drop_special=drop_special, device=device, dtype=dtype,
+    device = resolve_device(device)
+    docs = load_corpus(corpus)
+    check_out(out, KIND, force)
+    store = encode_corpus(docs, model=model, layers=layer, device=device, show_progress=True)
+    table = collapse_store(
+        store, knn=knn, sample=sample, seed=seed, rank=rank, profile_layers=layer == "all",
+        drop_special=drop_special, device=device, dtype=dtype, command=recorded(context),
     )
-    typer.echo(
-        f"{summary['mode']}: {summary['n_docs']} docs, {summary['n_pairs']} pairs, "
-        f"avg SOCM {summary['avg_socm']:.4f}, avg concentration {summary['avg_concentration']:.4f} → {out}"
-    )
+    table.write(out, force=force)
+    summary = table.summary
+    console.print(f"{summary['mode']}: {summary['n_docs']} docs, {summary['n_pairs']} pairs, "
+                  f"avg SOCM {summary['avg_socm']:.4f}, avg concentration {summary['avg_concentration']:.4f} → {out}")
+    return table

@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from rag_diag.cli.app import app
+from rag_diag.cli.app import app, console
 
-console = Console()
 corpora_app = typer.Typer(help="Bundled knowledge bases and the near-duplicate generator.",
                           no_args_is_help=True)
 app.add_typer(corpora_app, name="corpora")
@@ -36,7 +34,7 @@ def build_command(
     out: Annotated[Path | None, typer.Option(help="Output folder (default corpora/NAME).")] = None,
     size: Annotated[str, typer.Option(help="small, full, or a number of texts.")] = "small",
     seed: Annotated[int, typer.Option(help="Seed for sampling and the query split.")] = 0,
-) -> None:
+) -> dict:
     """Build a bundled corpus deterministically (same seed → byte-identical files) with a manifest."""
     from rag_diag.corpora.registry import build_corpus
 
@@ -44,6 +42,7 @@ def build_command(
     counts = ", ".join(f"{key} {value}" for key, value in manifest["counts"].items())
     where = out or Path("corpora") / name
     console.print(escape(f"{name} ({manifest['size']}, seed {seed}): {counts} → {where}"))
+    return manifest
 
 
 @corpora_app.command("perturb")

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from rag_diag.cli.app import app
+from rag_diag.cli.app import app, console
 
 
 @app.command("run")
 def run_command(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline file, e.g. pipelines/demo.toml.")],
-) -> None:
-    """Run every step of a pipeline in order, with progress; each step's outputs are written atomically."""
-    from rag_diag.pipeline import run_pipeline
+) -> list:
+    """Run every step of a pipeline in order; each step is a rag-diag command and is printed as one."""
+    from rag_diag.cli.pipeline import run_pipeline
 
-    run_pipeline(pipeline)
+    return run_pipeline(pipeline, echo=lambda line: console.rule(line, align="left"))

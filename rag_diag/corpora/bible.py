@@ -19,7 +19,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rag_diag.corpora.io import Corpus, Qrels, Queries, write_beir
+from rag_diag.corpora.io import Corpus, Qrels, Queries
+from rag_diag.corpora.writers import write_beir
 from rag_diag.errors import RagDiagError
 
 MODULES = ("KJV", "WEB")

@@ -7,12 +7,19 @@ A parquet / CSV table has one row per document (columns ``_id`` or ``id``, ``tex
 ``title``); errors name the row as ``file:row N``. TREC run files are ``qid Q0 docid rank score tag``.
 A document's text is ``title + " " + text`` when the title is non-empty.
 
+Validation is strict so that a malformed file fails with ``file:line`` instead of being silently
+coerced: ``_id``, ``title`` and ``text`` must be JSON strings, ids non-empty, qrels scores
+non-negative integers; a UTF-8 byte-order mark at the start of a file is skipped. Every file and
+folder a reader opens is registered with :func:`rag_diag.atomic.protect_input`, so no output of the
+same command can replace it.
+
 Writers produce byte-stable files for equal inputs (records in the given order, keys sorted, qrels
 and runs sorted), always through :mod:`rag_diag.atomic`.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections.abc import Iterator
@@ -89,12 +96,19 @@ def join_title(title: str, text: str) -> str:
     return f"{title} {text}" if title else text
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line without newline); non-UTF-8 bytes raise with the line number."""
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, line without newline); non-UTF-8 bytes raise with the line number.
+
+    A UTF-8 byte-order mark at the start of the file (written by some Windows editors) is skipped, so
+    that the first id or the qrels header reads as written.
+    """
     if not path.is_file():
         raise RagDiagError(f"{path}: file not found")
+    atomic.protect_input(path)
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -105,22 +119,53 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in _read_lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RagDiagError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # e.g. an integer over 4300 digits, or nesting too deep
+            raise RagDiagError(f"{path}:{number}: unreadable JSON ({type(exc).__name__})") from None
         if not isinstance(record, dict):
             raise RagDiagError(f"{path}:{number}: expected a JSON object")
         yield number, record
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _string_field(path: Path, number: int, record: dict, key: str) -> str:
+    """``record[key]`` when it is a string, ``""`` when absent; any other JSON type is refused.
+
+    Coercing (``str(123)``, ``str(None)`` → ``"None"``, ``str([...])``) would silently change ids and
+    texts, so a wrong type is an error naming the file and line.
+    """
+    if key not in record:
+        return ""
+    value = record[key]
+    if not isinstance(value, str):
+        raise RagDiagError(f"{path}:{number}: '{key}' must be a string, not {_json_type(value)}")
+    return value
+
+
 def _record_id(path: Path, number: int, record: dict, seen: dict[str, int]) -> str:
     if "_id" not in record:
         raise RagDiagError(f"{path}:{number}: missing '_id'")
-    doc_id = str(record["_id"])
+    doc_id = _string_field(path, number, record, "_id")
+    if not doc_id.strip():
+        raise RagDiagError(f"{path}:{number}: '_id' is empty")
     if doc_id in seen:
         raise RagDiagError(f"{path}:{number}: duplicate id '{doc_id}' (first on line {seen[doc_id]})")
     seen[doc_id] = number
@@ -136,8 +181,8 @@ def read_corpus_jsonl(path: Path) -> Corpus:
     seen: dict[str, int] = {}
     for number, record in _read_jsonl(path):
         doc_id = _record_id(path, number, record, seen)
-        title = str(record.get("title") or "")
-        text = join_title(title, str(record.get("text") or ""))
+        title = _string_field(path, number, record, "title")
+        text = join_title(title, _string_field(path, number, record, "text"))
         if not text.strip():
             raise RagDiagError(f"{path}:{number}: document '{doc_id}' has an empty text")
         ids.append(doc_id)
@@ -165,7 +210,7 @@ def read_text_lines(path: Path) -> Corpus:
     """Read a plain text file, one document per line, ids = line numbers from 0."""
     ids: list[str] = []
     texts: list[str] = []
-    for number, line in _read_lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             raise RagDiagError(f"{path}:{number}: empty line (every line is a document)")
         ids.append(str(number - 1))
@@ -178,6 +223,7 @@ def read_text_lines(path: Path) -> Corpus:
 def load_corpus(path: str | Path) -> Corpus:
     """Load a corpus from a BEIR folder, its ``corpus.jsonl``, or a plain text file."""
     path = Path(path)
+    atomic.protect_input(path)
     if path.is_dir():
         jsonl = path / "corpus.jsonl"
         if not jsonl.is_file():
@@ -195,6 +241,7 @@ def load_corpus(path: str | Path) -> Corpus:
 def load_queries(path: str | Path) -> Queries:
     """Load ``queries.jsonl`` (``_id``, ``text``) or a plain text file of queries (ids = line numbers)."""
     path = Path(path)
+    atomic.protect_input(path)
     if path.is_dir():
         path = path / "queries.jsonl"
     if path.suffix != ".jsonl":
@@ -206,7 +253,7 @@ def load_queries(path: str | Path) -> Queries:
     metadata: list[dict[str, Any]] = []
     for number, record in _read_jsonl(path):
         query_id = _record_id(path, number, record, seen)
-        text = str(record.get("text") or "")
+        text = _string_field(path, number, record, "text")
         if not text.strip():
             raise RagDiagError(f"{path}:{number}: query '{query_id}' has an empty text")
         ids.append(query_id)
@@ -225,12 +272,13 @@ def load_qrels(
     When ``queries`` / ``corpus`` are given, every qrel must name a known query and document.
     """
     path = Path(path)
+    atomic.protect_input(path)
     if path.is_dir():
         path = path / "qrels" / f"{split}.tsv" if (path / "qrels").is_dir() else path / f"{split}.tsv"
     query_ids = set(queries.ids) if queries is not None else None
     doc_ids = set(corpus.ids) if corpus is not None else None
     judgements: dict[str, dict[str, int]] = {}
-    for number, line in _read_lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -243,6 +291,10 @@ def load_qrels(
             score = int(raw_score)
         except ValueError:
             raise RagDiagError(f"{path}:{number}: score '{raw_score}' is not an integer") from None
+        if score < 0:
+            raise RagDiagError(f"{path}:{number}: score {score} is negative (graded relevance is 0 or more)")
+        if not query_id.strip() or not doc_id.strip():
+            raise RagDiagError(f"{path}:{number}: empty query or document id")
         if query_ids is not None and query_id not in query_ids:
             raise RagDiagError(f"{path}:{number}: unknown query id '{query_id}'")
         if doc_ids is not None and doc_id not in doc_ids:
@@ -274,6 +326,7 @@ def read_corpus_table(path: str | Path) -> Corpus:
     import polars as pl
 
     path = Path(path)
+    atomic.protect_input(path)
     try:
         frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
@@ -306,106 +359,3 @@ def read_corpus_table(path: str | Path) -> Corpus:
     if not ids:
         raise RagDiagError(f"{path}: the corpus is empty")
     return Corpus(ids=ids, texts=texts, titles=titles, source=str(path), metadata=_drop_empty(metadata))
-
-
-def _jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
-
-
-def _split_title(title: str, text: str) -> str:
-    """Undo :func:`join_title` so that writing then reading gives back the same joined text."""
-    title = title.strip()
-    return text[len(title) + 1:] if title and text.startswith(f"{title} ") else text
-
-
-def write_corpus_jsonl(path: str | Path, corpus: Corpus) -> Path:
-    """Write ``corpus`` as a BEIR ``corpus.jsonl`` (one object per document, in corpus order)."""
-    records = []
-    for index, (doc_id, text) in enumerate(zip(corpus.ids, corpus.texts, strict=True)):
-        title = corpus.titles[index] if corpus.titles else ""
-        record: dict[str, Any] = {"_id": doc_id, "title": title, "text": _split_title(title, text)}
-        if corpus.metadata and corpus.metadata[index]:
-            record["metadata"] = corpus.metadata[index]
-        records.append(record)
-    return atomic.write_text(path, _jsonl(records))
-
-
-def write_queries_jsonl(path: str | Path, queries: Queries) -> Path:
-    """Write ``queries`` as a BEIR ``queries.jsonl`` (in query order)."""
-    records = []
-    for index, (query_id, text) in enumerate(zip(queries.ids, queries.texts, strict=True)):
-        record: dict[str, Any] = {"_id": query_id, "text": text}
-        if queries.metadata and queries.metadata[index]:
-            record["metadata"] = queries.metadata[index]
-        records.append(record)
-    return atomic.write_text(path, _jsonl(records))
-
-
-def write_qrels_tsv(path: str | Path, qrels: Qrels) -> Path:
-    """Write BEIR qrels (header ``query-id corpus-id score``), sorted by query id then document id."""
-    lines = ["query-id\tcorpus-id\tscore"]
-    for query_id in sorted(qrels.judgements):
-        for doc_id, score in sorted(qrels.judgements[query_id].items()):
-            lines.append(f"{query_id}\t{doc_id}\t{score}")
-    return atomic.write_text(path, "\n".join(lines) + "\n")
-
-
-def write_beir(
-    folder: str | Path, corpus: Corpus, queries: Queries | None = None, qrels: Qrels | None = None,
-    split: str = "test",
-) -> list[Path]:
-    """Write a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``); returns the paths."""
-    folder = Path(folder)
-    written = [write_corpus_jsonl(folder / "corpus.jsonl", corpus)]
-    if queries is not None:
-        written.append(write_queries_jsonl(folder / "queries.jsonl", queries))
-    if qrels is not None:
-        written.append(write_qrels_tsv(folder / "qrels" / f"{split}.tsv", qrels))
-    return written
-
-
-def read_trec_run(path: str | Path, corpus: Corpus | None = None) -> dict[str, dict[str, float]]:
-    """Read a TREC run file (``qid Q0 docid rank score tag``) into ``{qid: {docid: score}}``.
-
-    When ``corpus`` is given, every document id must be in it.
-    """
-    path = Path(path)
-    doc_ids = set(corpus.ids) if corpus is not None else None
-    run: dict[str, dict[str, float]] = {}
-    for number, line in _read_lines(path):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 6:
-            raise RagDiagError(
-                f"{path}:{number}: expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}"
-            )
-        query_id, _, doc_id, raw_rank, raw_score, _ = parts
-        try:
-            int(raw_rank)
-            score = float(raw_score)
-        except ValueError:
-            raise RagDiagError(
-                f"{path}:{number}: rank '{raw_rank}' or score '{raw_score}' is not a number"
-            ) from None
-        if doc_ids is not None and doc_id not in doc_ids:
-            raise RagDiagError(f"{path}:{number}: unknown document id '{doc_id}'")
-        row = run.setdefault(query_id, {})
-        if doc_id in row:
-            raise RagDiagError(f"{path}:{number}: document '{doc_id}' listed twice for query '{query_id}'")
-        row[doc_id] = score
-    if not run:
-        raise RagDiagError(f"{path}: the run is empty")
-    return run
-
-
-def write_trec_run(path: str | Path, run: dict[str, dict[str, float]], tag: str = "rag-diag") -> Path:
-    """Write ``{qid: {docid: score}}`` as a TREC run: queries sorted, documents by score (ties by id)."""
-    if not tag or any(ch.isspace() for ch in tag):
-        raise RagDiagError(f"run tag '{tag}' must be non-empty and contain no whitespace")
-    lines = []
-    for query_id in sorted(run):
-        ranked = sorted(run[query_id].items(), key=lambda item: (-item[1], item[0]))
-        for rank, (doc_id, score) in enumerate(ranked, start=1):
-            lines.append(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}")
-    return atomic.write_text(path, "\n".join(lines) + "\n" if lines else "")

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from rag_diag import atomic
-from rag_diag.corpora.io import Corpus, write_corpus_jsonl
+from rag_diag.corpora.io import Corpus
+from rag_diag.corpora.writers import write_corpus_jsonl
 from rag_diag.errors import RagDiagError
 
 PACKAGE = "gensim"
 N_DOCS = 50
-WIKI_SMALL = 1000
 INSTALL_HINT = "pip install --no-deps gensim==4.4.0 (read for its test data only)"
 
 
@@ -111,21 +111,17 @@ def lee_tfidf_correlation() -> dict[str, float]:
     return {"model": "tfidf", **_correlations((matrix @ matrix.T).toarray())}  # type: ignore[dict-item]
 
 
-def lee_sts_correlation(model: Any = "minilm") -> dict[str, Any]:
-    """Pearson / Spearman of mean-pooled cosine similarity vs the human ratings of the 1,225 Lee pairs.
+def lee_sts_correlation(vectors: np.ndarray, name: str) -> dict[str, Any]:
+    """Pearson / Spearman of cosine similarity vs the human ratings of the 1,225 Lee pairs.
 
     Args:
-        model: a registered model name, a local model folder, or a loaded encoder.
+        vectors: one vector per Lee document, in :func:`lee_corpus` order (e.g. a token store's means).
+        name: what made the vectors, for the result.
 
     Returns:
-        ``{"model", "pearson", "spearman", "n_pairs"}``. Documents longer than the model's window
-        are truncated by the encoder, as in any retrieval use.
+        ``{"model", "pearson", "spearman", "n_pairs"}``.
     """
-    from rag_diag.encode import encode_corpus
-
-    store = encode_corpus(lee_corpus(), model)
-    name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
-    return {"model": name, **_correlations(_cosine(store.means()))}
+    return {"model": name, **_correlations(_cosine(np.asarray(vectors, dtype=np.float64)))}
 
 
 def build(folder: Path, size: str | int, seed: int) -> dict[str, Any]:
@@ -140,33 +136,4 @@ def build(folder: Path, size: str | int, seed: int) -> dict[str, Any]:
         "licence": "LGPL-2.1 (gensim test data)",
         "counts": {"documents": len(corpus), "rated_pairs": pairs.height},
         "parameters": {"note": "size and seed do not change this corpus (always the 50 documents)"},
-    }
-
-
-def wiki_unavailable() -> str | None:
-    """None when the Wikipedia sentence reader and its data are present, else what is missing."""
-    try:
-        import rag_diag.corpora.wiki  # noqa: F401
-    except ImportError:
-        return "rag_diag.corpora.wiki is not available in this installation"
-    return unavailable()
-
-
-def build_wiki_sentences(folder: Path, size: str | int, seed: int) -> dict[str, Any]:
-    """Write Wikipedia sentences as corpus.jsonl (``small``: 1,000 as in the paper; ``full``: all)."""
-    from rag_diag.corpora.wiki import wiki_sentences
-
-    count = None if size == "full" else WIKI_SMALL if size == "small" else int(size)
-    sentences = wiki_sentences(n=count, seed=seed)
-    if not sentences:
-        raise RagDiagError("no Wikipedia sentences were produced")
-    corpus = Corpus(ids=[f"s{i:06d}" for i in range(len(sentences))], texts=list(sentences))
-    write_corpus_jsonl(folder / "corpus.jsonl", corpus)
-    return {
-        "source": {"package": PACKAGE, "version": importlib.metadata.version(PACKAGE),
-                   "files": "gensim/test/test_data/enwiki-latest-pages-articles1.xml-*-shortened.bz2"},
-        "licence": "CC-BY-SA (Wikipedia text)",
-        "attribution": "Text from English Wikipedia, CC-BY-SA; see the article histories for authors",
-        "counts": {"documents": len(corpus)},
-        "parameters": {"reader": "rag_diag.corpora.wiki.wiki_sentences"},
     }

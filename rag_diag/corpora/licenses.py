@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from rag_diag import atomic
-from rag_diag.corpora.io import Corpus, Qrels, Queries, write_beir
+from rag_diag.corpora.io import Corpus, Qrels, Queries
+from rag_diag.corpora.writers import write_beir
 from rag_diag.errors import RagDiagError
 
 PACKAGE = "licensedcode-data"

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rag_diag import atomic
-from rag_diag.corpora.io import Corpus, Qrels, Queries, write_beir
+from rag_diag.corpora.io import Corpus, Qrels, Queries
+from rag_diag.corpora.writers import write_beir
 from rag_diag.errors import RagDiagError
 
 TOKEN = re.compile(r"\w+(?:['.]\w+)*")
@@ -235,7 +236,7 @@ def write_perturbed(
     out = Path(out)
     check_output_folder(out)
     counts = {kind: sum(e.edit == kind for e in perturbed.edits) for kind in EDIT_TYPES}
-    with atomic.atomic_dir(out) as folder:
+    with atomic.atomic_dir(out, kind="corpus", force=True) as folder:  # check_output_folder vetted it
         write_beir(folder, perturbed.docs, perturbed.queries, perturbed.qrels)
         atomic.write_parquet(folder / "edits.parquet", perturbed.edits_frame())
         manifest = {

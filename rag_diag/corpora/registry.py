@@ -63,8 +63,8 @@ CORPORA: dict[str, CorpusSpec] = {
             "PyPI gensim (test data)", "LGPL-2.1 (gensim test data)",
         ),
         CorpusSpec(
-            "wiki-sentences", "rag_diag.corpora.lee:build_wiki_sentences",
-            "rag_diag.corpora.lee:wiki_unavailable",
+            "wiki-sentences", "rag_diag.corpora.wiki:build",
+            "rag_diag.corpora.wiki:unavailable",
             "real Wikipedia sentences (the paper's random-text protocol)",
             "PyPI gensim (test data: shortened enwiki dump)", "CC-BY-SA (Wikipedia text)",
         ),
@@ -136,7 +136,7 @@ def build_corpus(name: str, out: str | Path | None = None, size: str | int = "sm
         raise RagDiagError(f"corpus '{name}' cannot be built here: {missing}")
     out = Path(out) if out is not None else Path("corpora") / name
     check_output_folder(out)
-    with atomic.atomic_dir(out) as folder:
+    with atomic.atomic_dir(out, kind="corpus", force=True) as folder:  # check_output_folder vetted it
         fields = spec.build(folder, size, seed)
         manifest = {
             "name": name,

@@ -19,7 +19,12 @@ import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from rag_diag.corpora.io import Corpus
+from rag_diag.corpora.lee import PACKAGE
+from rag_diag.corpora.lee import unavailable as gensim_unavailable
+from rag_diag.corpora.writers import write_corpus_jsonl
 from rag_diag.errors import RagDiagError
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -40,6 +45,8 @@ _ABBREVIATION = re.compile(
 )
 _DASH_TEMPLATE = re.compile(r"\{\{\s*(?:snd|spnd|ndash|mdash|spaced ndash|dash)\s*\}\}", re.I)
 _LEFTOVER = re.compile(r"[{}\[\]|=<>_\\]|https?:|&\w+;")
+WIKI_SMALL = 1000
+"""Sentences in the ``small`` build: the paper's protocol samples 1,000 texts."""
 _NON_TEXT_LINE = ("*", "#", ":", ";", "|", "!", "{", "}", "=", "-", "[")
 
 
@@ -169,3 +176,26 @@ def wiki_sentences(n: int | None = None, seed: int = 0, min_words: int = 5, max_
     if not 0 <= n <= len(sentences):
         raise RagDiagError(f"asked for {n} Wikipedia sentences, only {len(sentences)} are available")
     return random.Random(seed).sample(sentences, n)
+
+
+def unavailable() -> str | None:
+    """None when the Wikipedia sentence reader and its data are present, else what is missing."""
+    return gensim_unavailable()
+
+
+def build(folder: Path, size: str | int, seed: int) -> dict[str, Any]:
+    """Write Wikipedia sentences as corpus.jsonl (``small``: 1,000 as in the paper; ``full``: all)."""
+    count = None if size == "full" else WIKI_SMALL if size == "small" else int(size)
+    sentences = wiki_sentences(n=count, seed=seed)
+    if not sentences:
+        raise RagDiagError("no Wikipedia sentences were produced")
+    corpus = Corpus(ids=[f"s{i:06d}" for i in range(len(sentences))], texts=list(sentences))
+    write_corpus_jsonl(folder / "corpus.jsonl", corpus)
+    return {
+        "source": {"package": PACKAGE, "version": importlib.metadata.version(PACKAGE),
+                   "files": "gensim/test/test_data/enwiki-latest-pages-articles1.xml-*-shortened.bz2"},
+        "licence": "CC-BY-SA (Wikipedia text)",
+        "attribution": "Text from English Wikipedia, CC-BY-SA; see the article histories for authors",
+        "counts": {"documents": len(corpus)},
+        "parameters": {"reader": "rag_diag.corpora.wiki.wiki_sentences"},
+    }

@@ -73,6 +73,16 @@ class Confusion:
 
 
 @dataclass(frozen=True)
+class CauseRow:
+    """One cause of the failure taxonomy: how many failures it explains, their share, the advice."""
+
+    cause: str
+    n_failures: int
+    share: float
+    advice: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     """A verdict on mean pooling (one of :data:`VERDICT_LABELS`), a one-line summary and its evidence."""
 
@@ -107,11 +117,13 @@ class ReportData:
 
     Attributes:
         title: the report's title.
+        answer: the short answer at the top: what fails, why, what to change.
         headline: headline numbers; ``(label, value, note)`` tuples are accepted.
         verdict: the verdict on mean pooling with its evidence.
         strategies: strategy comparison rows; ``delta_metric`` names the metric of ``delta_vs_mean``.
         collapse_rates: per-document collapse rates (→ histogram), described by ``collapse_label``.
         deciles: failure rate by collapse-rate decile (→ bar chart and table).
+        causes: the failure taxonomy (→ table and bar chart); counts sum to the failures.
         confusions: the worst confusions, texts side by side with the differing words highlighted.
         sections: extra sections; ``(heading, text)`` tuples are accepted.
         commands: the commands that produced the numbers.
@@ -119,6 +131,7 @@ class ReportData:
     """
 
     title: str
+    answer: str = ""
     headline: list[Headline] = field(default_factory=list)
     verdict: Verdict | None = None
     strategies: list[StrategyRow] = field(default_factory=list)
@@ -126,6 +139,7 @@ class ReportData:
     collapse_rates: Sequence[float] | np.ndarray = ()
     collapse_label: str = "collapse rate (mean SOCM with the k nearest neighbours)"
     deciles: list[DecileRow] = field(default_factory=list)
+    causes: list[CauseRow] = field(default_factory=list)
     confusions: list[Confusion] = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)

@@ -49,6 +49,7 @@ def _plots(data: ReportData) -> dict[str, str | None]:
     return {
         "collapse": plots.collapse_histogram(rates, data.collapse_label) if len(rates) else None,
         "deciles": plots.decile_chart(data.deciles) if data.deciles else None,
+        "causes": plots.cause_chart(data.causes) if data.causes else None,
         "strategies": (
             plots.strategy_chart(data.strategies)
             if any(row.ndcg_at_10 is not None for row in data.strategies)

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from rag_diag.report.data import DecileRow, StrategyRow
+from rag_diag.report.data import CauseRow, DecileRow, StrategyRow
 
 ACCENT = "#3b6ea5"
 WARN = "#c0392b"
@@ -68,6 +68,21 @@ def decile_chart(rows: Sequence[DecileRow]) -> str:
     axes.set_ylim(0, max(1.0, max(rates, default=0.0)) * 1.1)
     axes.set_xlabel("collapse-rate decile of the relevant document (upper edge)")
     axes.set_ylabel("failure rate (P@1 = 0)")
+    return _to_data_uri(figure)
+
+
+def cause_chart(rows: Sequence[CauseRow]) -> str:
+    """Horizontal bars: failures per primary cause, in precedence order (first on top)."""
+    figure, axes = _figure(height=0.35 * max(len(rows), 3) + 0.8)
+    positions = np.arange(len(rows))[::-1]
+    counts = [row.n_failures for row in rows]
+    axes.barh(positions, counts, color=ACCENT)
+    for position, row in zip(positions, rows, strict=True):
+        axes.annotate(f"{row.n_failures} ({row.share:.0%})", (row.n_failures, position), va="center",
+                      xytext=(3, 0), textcoords="offset points", fontsize=8)
+    axes.set_yticks(positions, [row.cause for row in rows], fontsize=9)
+    axes.set_xlim(0, max(max(counts, default=0), 1) * 1.2)
+    axes.set_xlabel("failed queries (one primary cause each)")
     return _to_data_uri(figure)
 
 

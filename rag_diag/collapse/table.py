@@ -1,0 +1,100 @@
+"""The collapse table artefact: per-pair and per-document SOCM, its summary, and its one owner.
+
+A collapse folder holds ``pairs.parquet`` (doc_a, doc_b, d_mu, d_sigma, socm, cos), ``docs.parquet``
+(doc_id, n_tokens, concentration, trace and, in kNN mode, collapse_mean, collapse_max, top_confuser),
+optionally ``layers.parquet``, and ``summary.json`` (model identity, mode, counts, averages, token
+store, corpus hash, the command). Only this module knows those names and columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rag_diag import atomic
+from rag_diag.collapse.socm import PairStats, TextStats
+from rag_diag.readers import read_json_object, read_parquet, require_files
+
+KIND = "collapse"
+FILES = ("summary.json", "docs.parquet", "pairs.parquet")
+PAIR_COLUMNS = ("doc_a", "doc_b", "d_mu", "d_sigma", "socm", "cos")
+DOC_COLUMNS = ("doc_id", "n_tokens", "concentration", "trace")
+KNN_DOC_COLUMNS = ("collapse_mean", "collapse_max", "top_confuser")
+
+
+def pairs_frame(doc_ids: list[str], doc_a: np.ndarray, doc_b: np.ndarray, stats: PairStats) -> pl.DataFrame:
+    """Rows (doc_a, doc_b, d_mu, d_sigma, socm, cos) for index pairs into ``doc_ids``."""
+    ids = np.asarray(doc_ids, dtype=object)
+    return pl.DataFrame({
+        "doc_a": pl.Series(ids[doc_a].tolist(), dtype=pl.String),
+        "doc_b": pl.Series(ids[doc_b].tolist(), dtype=pl.String),
+        "d_mu": stats.d_mu, "d_sigma": stats.d_sigma, "socm": stats.socm, "cos": stats.cos,
+    })
+
+
+def docs_frame(doc_ids: list[str], texts: np.ndarray, stats: TextStats, knn: Any = None) -> pl.DataFrame:
+    """Rows for the texts ``texts``; with a :class:`~rag_diag.collapse.knn.KnnResult` also the collapse rates."""
+    ids = np.asarray(doc_ids, dtype=object)
+    columns: dict[str, Any] = {
+        "doc_id": pl.Series(ids[texts].tolist(), dtype=pl.String), "n_tokens": stats.n_tokens,
+        "concentration": stats.concentration, "trace": stats.trace,
+    }
+    if knn is not None:
+        columns |= {
+            "collapse_mean": knn.collapse_mean, "collapse_max": knn.collapse_max,
+            "top_confuser": pl.Series(ids[knn.top_confuser].tolist(), dtype=pl.String),
+        }
+    return pl.DataFrame(columns)
+
+
+@dataclass(frozen=True)
+class CollapseTable:
+    """SOCM of a corpus: per-pair rows, per-document rows, the summary manifest (and a layer profile)."""
+
+    summary: dict[str, Any]
+    docs: pl.DataFrame
+    pairs: pl.DataFrame
+    layers: pl.DataFrame | None = None
+
+    @classmethod
+    def build(cls, store: Any, docs: pl.DataFrame, pairs: pl.DataFrame, *, mode: str, drop_special: bool,
+              command: str, corpus_sha256: str | None = None, **extra: Any) -> CollapseTable:
+        """A table with its summary: model identity, mode, counts, averages, token store, layer, command."""
+        summary = {
+            "model": store.manifest.get("model"), "mode": mode, "n_docs": docs.height, "n_pairs": pairs.height,
+            "avg_socm": float(pairs["socm"].to_numpy().mean()) if pairs.height else None,
+            "avg_concentration": float(docs["concentration"].to_numpy().mean()),
+            "token_store": str(store.path), "layer": store.layers[-1], "drop_special": drop_special,
+            "corpus_sha256": corpus_sha256 or store.manifest.get("text_sha256"), "command": command, **extra,
+        }
+        return cls(summary=summary, docs=docs, pairs=pairs)
+
+    @property
+    def has_rates(self) -> bool:
+        """True in kNN mode: every document has a collapse rate (mean / max SOCM over its neighbours)."""
+        return "collapse_mean" in self.docs.columns
+
+    def write(self, out: str | Path, *, force: bool = False) -> Path:
+        """Write the folder atomically (it appears complete or not at all)."""
+        with atomic.atomic_dir(out, kind=KIND, force=force) as tmp:
+            self.pairs.write_parquet(tmp / "pairs.parquet")
+            self.docs.write_parquet(tmp / "docs.parquet")
+            if self.layers is not None:
+                self.layers.write_parquet(tmp / "layers.parquet")
+            atomic.write_json(tmp / "summary.json", self.summary)
+        return Path(out)
+
+    @classmethod
+    def open(cls, path: str | Path) -> CollapseTable:
+        """Read and validate a collapse folder; a missing file or column is a one-line error."""
+        path = require_files(path, FILES, "collapse")
+        summary = read_json_object(path / "summary.json")
+        docs = read_parquet(path / "docs.parquet", DOC_COLUMNS).with_columns(pl.col("doc_id").cast(pl.String))
+        pairs = read_parquet(path / "pairs.parquet", PAIR_COLUMNS)
+        pairs = pairs.with_columns(pl.col("doc_a", "doc_b").cast(pl.String))
+        layers = read_parquet(path / "layers.parquet", ()) if (path / "layers.parquet").is_file() else None
+        return cls(summary={**summary, "path": str(path)}, docs=docs, pairs=pairs, layers=layers)

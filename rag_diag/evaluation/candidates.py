@@ -1,0 +1,81 @@
+"""Candidates beyond pooled dense indexes: BM25, BM25 fused with mean pooling, windowed encoding.
+
+Near-duplicate knowledge bases are where names, numbers and versions decide, and where users run
+lexical or hybrid search; long documents are where a single window hides the part that matters.
+Each candidate yields a run over the same queries as the pooled indexes, so every metric, test and
+counterfactual treats it alike:
+
+- ``bm25``: :class:`rag_diag.retrieval.lexical.BM25Index` over the corpus texts;
+- ``bm25+mean@w``: ranx ``wsum`` fusion of the ``bm25`` and ``mean`` runs with lexical weight w
+  (min-max normalised), one run per weight so the weight can be tuned in-fold;
+- ``windowed``: :class:`rag_diag.retrieval.windowed.WindowedIndex` (best chunk of each document).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rag_diag.corpora.io import Corpus, Queries
+from rag_diag.evaluation.result import Run, from_scores, run_scores
+from rag_diag.models.protocol import Encoder
+from rag_diag.tokens.store import TokenStore
+
+FUSION_WEIGHTS = (0.25, 0.5, 0.75)
+"""Lexical weights of the fused candidates: a coarse grid, tuned in-fold by choose-pooling."""
+
+
+def fusion_name(weight: float) -> str:
+    """Run name of the fusion of BM25 and mean pooling with lexical weight ``weight``."""
+    return f"bm25+mean@{weight:g}"
+
+
+@dataclass
+class ExtraRuns:
+    """Runs of the extra candidates, with their index sizes (bytes) and query latencies (ms per query)."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    index_bytes: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def extra_runs(
+    corpus: Corpus,
+    queries: Queries,
+    query_store: TokenStore,
+    encoder: Encoder,
+    mean_run: Run | None,
+    depth: int,
+    doc_store: TokenStore | None = None,
+    *,
+    lexical: bool = True,
+    windowed: bool = True,
+    fusion_weights: Sequence[float] = FUSION_WEIGHTS,
+) -> ExtraRuns:
+    """BM25, its fusions with the ``mean`` run, and windowed encoding, as requested."""
+    from rag_diag.retrieval.fusion import fuse_runs
+    from rag_diag.retrieval.lexical import BM25Index
+    from rag_diag.retrieval.windowed import WindowedIndex
+
+    extra = ExtraRuns()
+    if lexical:
+        bm25 = BM25Index.from_corpus(corpus)
+        scores, seconds = bm25.search_timed(queries.ids, queries.texts, depth)
+        extra.runs["bm25"] = from_scores(scores)
+        extra.index_bytes["bm25"] = bm25.index_bytes
+        extra.latency_ms["bm25"] = 1000.0 * float(seconds.mean()) if len(seconds) else 0.0
+        if mean_run is not None:
+            dense = run_scores(mean_run)
+            for weight in fusion_weights:
+                name = fusion_name(weight)
+                extra.runs[name] = from_scores(fuse_runs(scores, dense, "wsum", weight, depth=depth))
+                extra.index_bytes[name] = bm25.index_bytes
+                extra.latency_ms[name] = extra.latency_ms["bm25"]
+    if windowed:
+        index = WindowedIndex.build(corpus, encoder, doc_store)
+        started = time.perf_counter()
+        extra.runs["windowed"] = from_scores(index.search(queries, query_store, depth))
+        extra.latency_ms["windowed"] = 1000.0 * (time.perf_counter() - started) / max(len(queries), 1)
+        extra.index_bytes["windowed"] = index.index_bytes
+    return extra

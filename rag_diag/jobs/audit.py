@@ -1,0 +1,193 @@
+"""Audit an existing vector store: does the model reproduce it, what is near-duplicate, what collapses.
+
+The stored texts are encoded **once** into a token store; every statistic comes from that pass and
+from objects held in memory (nothing is written to be read back):
+
+- the model check and ANN recall (:mod:`rag_diag.diagnosis.store_checks`);
+- collapse: per-document SOCM against the k nearest mean-pooled neighbours (:mod:`rag_diag.collapse.knn`);
+- near-duplicate clusters and hubness of that kNN graph (:mod:`rag_diag.diagnosis.duplicates`,
+  :mod:`rag_diag.diagnosis.hubness`);
+- evaluation of the store's own index with the user's queries, or probe queries
+  (:mod:`rag_diag.corpora.probes`), and the diagnosis of its failures.
+
+:func:`write_audit` then writes every artefact once, by its owner, into one atomically replaced folder:
+``audit.json``, ``documents.parquet``, ``clusters.parquet``, ``eval/``, ``collapse/``,
+``diagnosis/`` and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rag_diag import atomic
+from rag_diag.collapse.knn import KnnResult, knn_collapse
+from rag_diag.collapse.table import CollapseTable, docs_frame, pairs_frame
+from rag_diag.corpora.io import Qrels, Queries
+from rag_diag.corpora.probes import copy_probes
+from rag_diag.defaults import DEFAULT_K, DEFAULT_SAMPLE
+from rag_diag.diagnosis.diagnose import Diagnosis, diagnose
+from rag_diag.diagnosis.duplicates import NEAR_DUPLICATE_COS, clusters_frame, documents_frame, near_duplicate_clusters
+from rag_diag.diagnosis.hubness import HIGH_HUBNESS_SKEW, HUB_FACTOR, Hubness, hubness
+from rag_diag.diagnosis.store_checks import ModelCheck, ann_recall, check_model, exact_vectors
+from rag_diag.errors import RagDiagError
+from rag_diag.evaluation.evaluate import evaluate_bundle
+from rag_diag.evaluation.result import EvalResult
+from rag_diag.models.loading import load_encoder
+from rag_diag.models.protocol import Encoder
+from rag_diag.retrieval.bundle import IndexBundle
+from rag_diag.sampling import seeded_sample
+from rag_diag.stores.stored import StoredIndex
+from rag_diag.tokens.extract import encode_texts
+
+KIND = "audit"
+AUDIT_RERANKERS = ("w2", "blend", "maxsim")
+"""Re-rankers of the store's own top-k tried for every failure (the taxonomy's second-order and token-level
+evidence), next to BM25, its fusion with the store's ranking and windowed encoding."""
+TOP_HUBS = 10
+
+
+@dataclass
+class AuditResult:
+    """Everything an audit found, in memory; :func:`write_audit` writes it."""
+
+    summary: dict[str, Any]
+    documents: pl.DataFrame
+    clusters: pl.DataFrame
+    evaluation: EvalResult
+    collapse: CollapseTable
+    diagnosis: Diagnosis
+
+
+def _hubness_summary(hubs: Hubness, doc_ids: list[str]) -> dict[str, Any]:
+    top = hubs.top_hubs(TOP_HUBS)
+    return {
+        "k": hubs.k, "skewness": hubs.skewness, "n_hubs": hubs.n_hubs, "hub_factor": HUB_FACTOR,
+        "n_antihubs": hubs.n_antihubs, "sum_k_occurrence": int(hubs.k_occurrence.sum()),
+        "max_k_occurrence": int(hubs.k_occurrence.max()), "threshold_skew": HIGH_HUBNESS_SKEW,
+        "verdict": "high" if hubs.skewness > HIGH_HUBNESS_SKEW else "low",
+        "top_hubs": [{"doc_id": doc_ids[r], "k_occurrence": int(hubs.k_occurrence[r])} for r in top],
+    }
+
+
+def _summary(
+    stored: StoredIndex, check: ModelCheck, knn: KnnResult, hubs: Hubness, clusters: pl.DataFrame,
+    recall: dict[str, Any], diagnosis: Diagnosis, probes: bool, k: int, command: str,
+) -> dict[str, Any]:
+    """The content of ``audit.json``: every number, the thresholds behind each verdict, the command."""
+    n_docs = len(stored.doc_ids)
+    hubness_summary = _hubness_summary(hubs, stored.doc_ids)
+    in_clusters = int(clusters["size"].sum()) if clusters.height else 0
+    diagnosed = diagnosis.summary
+    mean_metrics = (diagnosis.metrics.get("metrics") or {}).get("mean", {})
+    null = diagnosed["high_socm_null"]
+    return {
+        "store": str(stored.path), "store_kind": stored.kind, "n_documents": n_docs, "dim": stored.index.d,
+        "model_check": check.to_dict(),
+        "collapse": {
+            "k": k, "mean_collapse_rate": float(knn.collapse_mean.mean()),
+            "median_collapse_rate": float(np.median(knn.collapse_mean)),
+            "max_collapse_rate": float(knn.collapse_max.max()),
+            "mean_concentration": float(knn.text_stats.concentration.mean()),
+        },
+        "near_duplicates": {
+            "threshold_cos": NEAR_DUPLICATE_COS, "n_clusters": clusters.height, "n_documents_in_clusters": in_clusters,
+            "share_documents_in_clusters": in_clusters / n_docs,
+            "largest_cluster": int(clusters["size"].max()) if clusters.height else 0,  # type: ignore[arg-type]
+            "n_clusters_mixed_labels": int((clusters["labels"].list.len() > 1).sum()) if clusters.height else 0,
+        },
+        "hubness": hubness_summary,
+        "ann": recall,
+        "evaluation": {"queries": "probes" if probes else "given", "n_queries": diagnosed["n_queries"],
+                       "metrics": mean_metrics},
+        "diagnosis": {
+            "verdict": diagnosed["verdict"], "failure_rate": diagnosed["failure_rate"],
+            "n_failures": diagnosed["n_failures"], "high_socm_null": null,
+            "collapse_auroc": diagnosed["collapse"]["auroc"], "cos_nn_auroc": diagnosed["cos_nn"]["auroc"],
+        },
+        "verdicts": {
+            "model_check": "pass", "hubness": hubness_summary["verdict"],
+            "ann": recall["verdict"], "mean_pooling": diagnosed["verdict"]["label"],
+        },
+        "command": command,
+    }
+
+
+def audit_store(
+    stored: StoredIndex,
+    *,
+    model: str | Encoder = "minilm",
+    queries: Queries | None = None,
+    qrels: Qrels | None = None,
+    k: int = DEFAULT_K,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    command: str = "",
+) -> AuditResult:
+    """Audit a stored index; nothing is written (see :func:`write_audit`).
+
+    Args:
+        stored: the store (:func:`rag_diag.stores.stored.open_store`).
+        model: the encoder the store was built with (registry name or local folder); checked, not trusted.
+        queries, qrels: the store's queries and judgements; without them copy probes are generated.
+        k: neighbours per document for collapse, hubness and clusters, and the ANN recall / metric cut-off.
+        sample: documents in the model-check sample, the ANN-recall query sample and the probe sample.
+        seed: seed of those samples and of the probe edits.
+        command: command line to record.
+    """
+    if k < 1:
+        raise RagDiagError(f"--k must be at least 1, got {k}")
+    if sample < 1:
+        raise RagDiagError(f"--sample must be at least 1, got {sample}")
+    if (queries is None) != (qrels is None):
+        raise RagDiagError("give both --queries and --qrels, or neither (then probe queries are generated)")
+    n_docs = len(stored.doc_ids)
+    if n_docs < 2:
+        raise RagDiagError(f"{stored.path}: the store holds {n_docs} document(s); an audit needs two")
+    encoder = model if isinstance(model, Encoder) else load_encoder(model)
+    check = check_model(stored, encoder, sample, seed)
+    token_store = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
+    k_graph = min(k, n_docs - 1)
+    knn = knn_collapse(token_store, k_graph, show_progress=True)
+    hubs = hubness(knn.doc_b.reshape(n_docs, k_graph))
+    cluster_ids = near_duplicate_clusters(n_docs, knn.doc_a, knn.doc_b, knn.pairs.cos)
+    documents = documents_frame(stored.doc_ids, [m.get("label") for m in stored.metadatas], knn, hubs, cluster_ids)
+    clusters = clusters_frame(documents, knn, cluster_ids)
+    recall = ann_recall(stored.index, exact_vectors(token_store, check.normalised),
+                        seeded_sample(n_docs, sample, seed + 1), k)
+    probes = queries is None
+    if queries is None or qrels is None:
+        queries, qrels = copy_probes(stored.corpus(), sample, seed)
+    corpus = stored.corpus()
+    bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity,
+                                    corpus_sha256=corpus.content_hash(), source=str(stored.path))
+    bundle.tokens = token_store
+    evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
+                                 corpus=corpus, lexical=True, windowed=True, command=command)
+    collapse = CollapseTable.build(
+        token_store, docs_frame(stored.doc_ids, np.arange(n_docs), knn.text_stats, knn),
+        pairs_frame(stored.doc_ids, knn.doc_a, knn.doc_b, knn.pairs), mode="knn", drop_special=False,
+        command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=None,
+    )
+    diagnosis = diagnose(evaluation, collapse, corpus=corpus, queries=queries, token_store=token_store,
+                         command=command)
+    summary = _summary(stored, check, knn, hubs, clusters, recall, diagnosis, probes, k_graph, command)
+    return AuditResult(summary, documents, clusters, evaluation, collapse, diagnosis)
+
+
+def write_audit(result: AuditResult, out: str | Path, *, force: bool = False) -> Path:
+    """Write every artefact of an audit once, and its report, into one atomically replaced folder."""
+    from rag_diag.report import render_report
+    from rag_diag.report.audit import audit_report
+
+    with atomic.atomic_dir(out, kind=KIND, force=force) as tmp:
+        result.evaluation.write(tmp / "eval")
+        result.collapse.write(tmp / "collapse")
+        result.diagnosis.write(tmp / "diagnosis")
+        render_report(tmp, audit_report(result))
+        atomic.write_json(tmp / "audit.json", result.summary)
+    return Path(out)

@@ -1,0 +1,79 @@
+"""The audit report: the store's headline numbers, the diagnosis' verdict and the audit's own sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from rag_diag.diagnosis.duplicates import NEAR_DUPLICATE_COS
+from rag_diag.diagnosis.hubness import HIGH_HUBNESS_SKEW, HUB_FACTOR
+from rag_diag.diagnosis.store_checks import ANN_RECALL_OK, MODEL_AGREEMENT_MIN
+from rag_diag.report.data import Headline, ReportData, Section
+from rag_diag.report.views import diagnosis_report
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def audit_report(result: Any) -> ReportData:
+    """ReportData: audit headline, the diagnosis' verdict / deciles / confusions, and the audit sections."""
+    summary = result.summary
+    base = diagnosis_report(result.diagnosis)
+    check, dups, hub, ann = summary["model_check"], summary["near_duplicates"], summary["hubness"], summary["ann"]
+    evaluation = summary["evaluation"]
+    headline = [
+        Headline("documents", f"{summary['n_documents']:,}",
+                 f"dimension {summary['dim']}, {summary['store_kind']} store"),
+        Headline("model agreement", _fmt(check["median_cos"], 4),
+                 f"median cosine on {check['n_sample']} documents (need ≥ {MODEL_AGREEMENT_MIN})"),
+        Headline("near-duplicate clusters", f"{dups['n_clusters']:,}",
+                 f"{dups['n_documents_in_clusters']} documents at cosine ≥ {NEAR_DUPLICATE_COS}"),
+        Headline("hubness (N_k skew)", _fmt(hub["skewness"]), f"{hub['n_hubs']} hubs with N_k ≥ {HUB_FACTOR}k"),
+        Headline(f"ANN recall@{ann['k']}", _fmt(ann["recall_at_k"]), ann["index_type"]),
+        Headline("mean collapse rate", _fmt(summary["collapse"]["mean_collapse_rate"], 4),
+                 f"SOCM with the {summary['collapse']['k']} nearest neighbours"),
+        *(h for h in base.headline if h.label == "failure rate"),
+        Headline("MRR@10", _fmt(evaluation["metrics"].get("MRR@10")),
+                 f"{evaluation['n_queries']} {'probe' if evaluation['queries'] == 'probes' else 'given'} queries"),
+    ]
+    top_hubs = pl.DataFrame(hub["top_hubs"]).join(
+        result.documents.select("doc_id", "cluster_id", "collapse_mean"), on="doc_id", how="left"
+    )
+    cluster_rows = result.clusters.with_columns(
+        pl.col("doc_ids").list.head(6).list.join(", ").alias("members"),
+        pl.col("labels").list.join(", ").alias("labels"),
+    ).select("cluster_id", "size", "members", "labels", "min_edge_cos", "mean_collapse")
+    sections = [
+        Section("Model check", (
+            f"Model '{check['model']}' re-encoded {check['n_sample']} seeded stored documents: cosine with the "
+            f"stored vectors median {check['median_cos']:.5f}, min {check['min_cos']:.5f}, mean "
+            f"{check['mean_cos']:.5f} (required median ≥ {MODEL_AGREEMENT_MIN}). Stored vectors are "
+            f"{'L2-normalised' if check['normalised'] else 'not normalised'}.")),
+        Section.from_frame("Hubness", top_hubs, (
+            f"k-occurrence N_k over the {hub['k']}-NN graph (Σ N_k = {hub['sum_k_occurrence']:,} = N·k): skewness "
+            f"{hub['skewness']:.3f} ({hub['verdict']}; high above {HIGH_HUBNESS_SKEW}), {hub['n_hubs']} hubs "
+            f"(N_k ≥ {HUB_FACTOR}k), {hub['n_antihubs']} documents never a neighbour. Top hubs:")),
+        Section("ANN recall", (
+            f"recall@{ann['k']} of the stored {ann['index_type']} against exact search ({ann['metric']}) on "
+            f"{ann['n_queries']} stored documents as queries: {ann['recall_at_k']:.4f} ({ann['verdict']}; "
+            f"lossy below {ANN_RECALL_OK}). A flat index is exact by construction.")),
+        Section.from_frame("Near-duplicate clusters", cluster_rows, (
+            f"{dups['n_clusters']} connected components of kNN pairs with mean-pooled cosine ≥ {NEAR_DUPLICATE_COS}, "
+            f"{dups['n_documents_in_clusters']} documents ({dups['share_documents_in_clusters']:.1%}); "
+            f"{dups['n_clusters_mixed_labels']} clusters mix labels.")),
+    ]
+    if evaluation["queries"] == "probes":
+        sections.append(Section("Probe queries", (
+            "No queries were given. Each probe is a stored document with one meaning-bearing edit (number, "
+            "negation, 'only' ↔ 'or later', swapped word); its relevant document is the original. A miss means "
+            "the index cannot resolve that document from its near-duplicates at the scale of a one-word edit.")))
+    return ReportData(
+        title=f"rag-diag audit of {Path(summary['store']).name}",
+        answer=base.answer, headline=headline, verdict=base.verdict, strategies=base.strategies,
+        collapse_rates=result.documents["collapse_mean"].to_numpy(), deciles=base.deciles, causes=base.causes,
+        confusions=base.confusions, sections=[*base.sections, *sections], commands=[summary["command"]],
+        tables={"documents": result.documents, "clusters": result.clusters},
+    )

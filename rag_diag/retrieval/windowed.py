@@ -1,0 +1,103 @@
+"""Windowed encoding of long documents: split into window-sized chunks, score = the best chunk.
+
+A document longer than the model window is encoded by a single pass only up to the window; the rest is
+invisible to every pooling. Here each document is cut into word chunks of ``chunk_words`` words with
+``overlap_words`` words shared by neighbouring chunks (documents that fit in one chunk stay whole),
+every chunk is mean-pooled from its own token store, and a document's score for a query is the best
+cosine over its chunks: s(q, d) = max_c cos(μ_q, μ_c).
+
+Word chunks are sized from the window so that they fit: with W tokens, ``chunk_words = W // 2``
+(English subword tokenizers average ≈ 1.3 tokens per word, so W/2 words stay under W tokens with room
+to spare); a chunk that still overflows is counted in ``n_chunks_truncated``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from rag_diag.corpora.io import Corpus, Queries
+from rag_diag.models.protocol import Encoder
+from rag_diag.tokens.extract import encode_texts
+from rag_diag.tokens.store import TokenStore
+
+OVERLAP_SHARE = 0.25
+"""Share of a chunk's words repeated at the start of the next chunk, so a sentence cut at a boundary
+is whole in one of the two."""
+
+
+def chunk_words(text: str, size: int, overlap: int) -> list[str]:
+    """Word chunks of ``size`` words, each starting ``size − overlap`` words after the previous one."""
+    words = text.split()
+    if len(words) <= size:
+        return [text]
+    step = max(size - overlap, 1)
+    starts = range(0, max(len(words) - overlap, 1), step)
+    return [" ".join(words[start : start + size]) for start in starts]
+
+
+@dataclass
+class WindowedIndex:
+    """Chunk vectors of a corpus and the document each chunk belongs to."""
+
+    doc_ids: list[str]
+    chunk_doc: np.ndarray
+    index: faiss.Index
+    n_chunks_truncated: int
+
+    @property
+    def index_bytes(self) -> int:
+        return int(self.index.ntotal * self.index.d * 4 + self.chunk_doc.nbytes)
+
+    @classmethod
+    def build(cls, corpus: Corpus, encoder: Encoder, whole: TokenStore | None = None) -> WindowedIndex:
+        """Chunk every document to the encoder's window and index the chunks' normalised means.
+
+        ``whole``, the corpus' own token store from the same encoder, serves the documents that fit in
+        one chunk (their only chunk is the whole text), so only the long documents are encoded again.
+        """
+        size = max(encoder.max_seq_length // 2, 8)
+        pieces = [chunk_words(text, size, int(size * OVERLAP_SHARE)) for text in corpus.texts]
+        reuse = whole is not None and whole.doc_ids == corpus.ids
+        vectors, owners = [], []
+        if reuse:
+            assert whole is not None
+            single = np.array([len(chunks) == 1 for chunks in pieces])
+            vectors.append(whole.means()[single])
+            owners += np.flatnonzero(single).tolist()
+        rest = [(position, chunk) for position, chunks in enumerate(pieces)
+                if not (reuse and len(chunks) == 1) for chunk in chunks]
+        truncated = 0
+        if rest:
+            store = encode_texts([chunk for _, chunk in rest], model=encoder,
+                                 ids=[f"{corpus.ids[p]}#{i}" for i, (p, _) in enumerate(rest)])
+            vectors.append(store.means())
+            owners += [position for position, _ in rest]
+            truncated = 0 if store.report is None else store.report.n_truncated
+        matrix = _unit(np.concatenate(vectors))
+        index = faiss.IndexFlatIP(matrix.shape[1])
+        index.add(matrix)
+        return cls(list(corpus.ids), np.asarray(owners, dtype=np.int64), index, truncated)
+
+    def search(self, queries: Queries, query_store: TokenStore, depth: int) -> dict[str, dict[str, float]]:
+        """Top-``depth`` documents per query by their best chunk's cosine."""
+        vectors = _unit(query_store.means())
+        scores, rows = self.index.search(vectors, min(self.index.ntotal, depth * 4))
+        run: dict[str, dict[str, float]] = {}
+        for query_id, row_scores, row_chunks in zip(queries.ids, scores, rows, strict=True):
+            best: dict[str, float] = {}
+            for score, chunk in zip(row_scores.tolist(), row_chunks.tolist(), strict=True):
+                if chunk < 0:
+                    continue
+                doc_id = self.doc_ids[int(self.chunk_doc[chunk])]
+                best[doc_id] = max(best.get(doc_id, -np.inf), score)
+            run[query_id] = dict(sorted(best.items(), key=lambda item: (-item[1], item[0]))[:depth])
+        return run
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12),
+                                dtype=np.float32)

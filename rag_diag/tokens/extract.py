@@ -1,0 +1,174 @@
+"""One-pass token extraction: every text's token embeddings from one forward pass, into a token store.
+
+Texts are tokenized once (special tokens kept and flagged, cut to the model window), sorted by
+length so batches carry little padding, run through the encoder, and their rows written into a
+memory-mapped ``(L, T, d)`` matrix with padding removed. Every pooling strategy and every collapse
+statistic is computed from this store; nothing re-encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rag_diag import atomic
+from rag_diag.corpora.io import Corpus, hash_texts
+from rag_diag.errors import RagDiagError
+from rag_diag.models.protocol import Encoder
+from rag_diag.progress import progress_bar
+from rag_diag.tokens.cache import cache_key, entry_path, open_cached, publish
+from rag_diag.tokens.store import EncodeReport, TokenStore, write_manifest
+
+DTYPES = ("float32", "float16")
+
+
+def parse_layers(layers: str | int | Sequence[int], num_layers: int) -> list[int]:
+    """``"last"`` → [num_layers]; ``"all"`` → [0 … num_layers] (0 = embedding output); ints as given."""
+    if isinstance(layers, str):
+        if layers == "last":
+            return [num_layers]
+        if layers == "all":
+            return list(range(num_layers + 1))
+        try:
+            values = [int(part) for part in layers.split(",")]
+        except ValueError:
+            raise RagDiagError(f"--layer must be 'last', 'all' or integers, got '{layers}'") from None
+    elif isinstance(layers, int):
+        values = [layers]
+    else:
+        values = [int(v) for v in layers]
+    resolved = sorted({v if v >= 0 else num_layers + 1 + v for v in values})
+    for value in resolved:
+        if not 0 <= value <= num_layers:
+            raise RagDiagError(f"layer {value} is outside 0..{num_layers}")
+    return resolved
+
+
+def _validate_texts(ids: Sequence[str], texts: Sequence[str]) -> None:
+    if len(texts) == 0:
+        raise RagDiagError("the corpus is empty: nothing to encode")
+    if len(ids) != len(texts):
+        raise RagDiagError(f"{len(ids)} ids for {len(texts)} texts")
+    seen: set[str] = set()
+    for doc_id, text in zip(ids, texts, strict=True):
+        if doc_id in seen:
+            raise RagDiagError(f"duplicate id '{doc_id}'")
+        seen.add(doc_id)
+        if not isinstance(text, str) or not text.strip():
+            raise RagDiagError(f"text '{doc_id}' is empty: remove it or give it content")
+
+
+def _write_store(
+    folder: Path,
+    encoder: Encoder,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    layers: list[int],
+    dtype: str,
+    batch_size: int,
+    progress: Callable[[int], None],
+) -> dict[str, int]:
+    """Encode ``texts`` into ``folder`` (store files, no manifest); returns token and pass counts."""
+    tokenized = encoder.tokenize(texts)
+    lengths = np.array([len(row) for row in tokenized.input_ids], dtype=np.int64)
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    embeddings = np.lib.format.open_memmap(
+        folder / "embeddings.npy", mode="w+", dtype=np_dtype, shape=(len(layers), int(offsets[-1]), encoder.dim)
+    )
+    order = np.argsort(-lengths, kind="stable")
+    passes = 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        rows = encoder.hidden_states([tokenized.input_ids[i] for i in batch], layers)
+        passes += 1
+        for position, index in enumerate(batch):
+            n = int(lengths[index])
+            embeddings[:, offsets[index] : offsets[index] + n] = rows[:, position, :n]
+        progress(len(batch))
+    embeddings.flush()
+    del embeddings
+    np.save(folder / "offsets.npy", offsets)
+    np.save(folder / "token_ids.npy", np.concatenate([np.asarray(r, dtype=np.int32) for r in tokenized.input_ids]))
+    np.save(folder / "special_mask.npy", np.concatenate([np.asarray(r, dtype=bool) for r in tokenized.special_mask]))
+    np.save(folder / "full_lengths.npy", np.asarray(tokenized.full_lengths, dtype=np.int64))
+    atomic.write_json(folder / "doc_ids.json", list(ids))
+    return {"n_tokens": int(offsets[-1]), "n_truncated": tokenized.n_truncated, "forward_passes": passes}
+
+
+def encode_texts(
+    texts: Sequence[str],
+    *,
+    model: str | Encoder = "minilm",
+    ids: Sequence[str] | None = None,
+    layers: str | int | Sequence[int] = "last",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    device: str = "cpu",
+    max_seq_length: int | None = None,
+    out: str | Path | None = None,
+    cache: bool = True,
+    show_progress: bool = False,
+) -> TokenStore:
+    """Encode texts once and return their token store (from the cache when the inputs are unchanged).
+
+    Args:
+        texts: the texts, in order; none may be empty.
+        model: a registry name, a local model folder, or a loaded encoder (see ``rag_diag.models``).
+        ids: one id per text (default: "0", "1", …).
+        layers: "last", "all", an int or a list of hidden-state indices (0 = embedding output).
+        dtype: "float32" or "float16" storage.
+        out: also publish a verified copy of the store at this folder.
+        cache: look up / fill the cache under ``cache_root()/tokens``; False encodes into ``out`` only.
+
+    Returns:
+        The store; ``store.report`` says whether it came from the cache, how many texts were cut to
+        the window and how many forward passes ran.
+    """
+    if dtype not in DTYPES:
+        raise RagDiagError(f"dtype must be float32 or float16, got '{dtype}'")
+    if batch_size < 1:
+        raise RagDiagError(f"batch size must be at least 1, got {batch_size}")
+    if not cache and out is None:
+        raise RagDiagError("with cache disabled an output folder is needed")
+    ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+    _validate_texts(ids, texts)
+    if isinstance(model, str):
+        from rag_diag.models.loading import load_encoder
+
+        encoder: Encoder = load_encoder(model, device, max_seq_length)
+    else:
+        encoder = model
+    resolved_layers = parse_layers(layers, encoder.num_layers)
+    text_hash = hash_texts(list(ids), list(texts))
+    key = cache_key(encoder, resolved_layers, dtype, text_hash)
+    target = entry_path(key) if cache else Path(out)  # type: ignore[arg-type]
+    store = open_cached(target, key) if cache else None  # only the cache is reused (and pruned), never ``out``
+    counts = {"forward_passes": 0}
+    if store is None:
+        with atomic.atomic_dir(target, kind="token-store") as tmp:
+            with progress_bar(f"encoding with {encoder.name}", len(texts), enabled=show_progress) as advance:
+                counts = _write_store(tmp, encoder, ids, texts, resolved_layers, dtype, batch_size, advance)
+            write_manifest(tmp, {
+                "key": key, "model": encoder.identity, "max_seq_length": encoder.max_seq_length,
+                "layers": resolved_layers, "num_layers": encoder.num_layers, "dtype": dtype, "dim": encoder.dim,
+                "n_texts": len(texts), "n_tokens": counts["n_tokens"], "n_truncated": counts["n_truncated"],
+                "text_sha256": text_hash,
+            })
+        store = TokenStore.open(target, verify=False)
+    hit = counts["forward_passes"] == 0
+    if cache and out is not None:
+        store = publish(target, Path(out))
+    store.report = EncodeReport(
+        n_texts=len(texts), n_tokens=int(store.offsets[-1]), n_truncated=int(store.manifest["n_truncated"]),
+        cache_hit=hit, forward_passes=counts["forward_passes"], path=store.path,
+    )
+    return store
+
+
+def encode_corpus(corpus: Corpus, **options: object) -> TokenStore:
+    """Encode a :class:`Corpus` (its ids and title-joined texts); ``options`` as for :func:`encode_texts`."""
+    return encode_texts(corpus.texts, ids=corpus.ids, **options)  # type: ignore[arg-type]

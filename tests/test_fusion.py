@@ -1,0 +1,50 @@
+"""Lexical + dense fusion with ranx against hand-computed fused rankings."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag_diag.errors import RagDiagError
+from rag_diag.retrieval.fusion import fuse_runs, weight_grid
+
+LEXICAL = {"q1": {"a": 10.0, "b": 6.0, "c": 2.0}}
+DENSE = {"q1": {"b": 0.9, "d": 0.8, "a": 0.5}, "q2": {"x": 2.0, "y": 1.0}}
+
+
+def test_wsum_hand_computed():
+    # min-max, q1: lexical a 1, b (6−2)/8 = 0.5, c 0; dense b 1, d (0.8−0.5)/0.4 = 0.75, a 0.
+    # w = 0.3: a 0.3, b 0.15 + 0.7 = 0.85, c 0, d 0.7 · 0.75 = 0.525 → b, d, a, c.
+    fused = fuse_runs(LEXICAL, DENSE, "wsum", weight=0.3)
+    assert list(fused["q1"]) == ["b", "d", "a", "c"]
+    assert fused["q1"] == pytest.approx({"b": 0.85, "d": 0.525, "a": 0.3, "c": 0.0})
+    # q2 has no lexical documents: x 0.7 · 1, y 0.7 · 0.
+    assert fused["q2"] == pytest.approx({"x": 0.7, "y": 0.0})
+    # w = 0.8: a 0.8, b 0.4 + 0.2 = 0.6, d 0.2 · 0.75 = 0.15, c 0 → a, b, d, c.
+    heavy = fuse_runs(LEXICAL, DENSE, "wsum", weight=0.8)
+    assert list(heavy["q1"]) == ["a", "b", "d", "c"]
+    assert heavy["q1"] == pytest.approx({"a": 0.8, "b": 0.6, "d": 0.15, "c": 0.0})
+
+
+def test_rrf_hand_computed():
+    # ranks: lexical a 1, b 2, c 3; dense b 1, d 2, a 3.
+    # b 1/62 + 1/61 > a 1/61 + 1/63 > d 1/62 > c 1/63.
+    fused = fuse_runs(LEXICAL, DENSE, "rrf", rrf_k=60)
+    assert list(fused["q1"]) == ["b", "a", "d", "c"]
+    assert fused["q1"] == pytest.approx({"b": 1 / 62 + 1 / 61, "a": 1 / 61 + 1 / 63, "d": 1 / 62, "c": 1 / 63})
+    assert fused["q2"] == pytest.approx({"x": 1 / 61, "y": 1 / 62})
+
+
+def test_weight_grid_endpoints_and_depth():
+    grid = weight_grid(LEXICAL, DENSE, [0.0, 1.0], depth=2)
+    assert list(grid) == [0.0, 1.0]
+    assert list(grid[0.0]["q1"]) == ["b", "d"]  # the dense order
+    assert list(grid[1.0]["q1"]) == ["a", "b"]  # the lexical order
+
+
+def test_errors():
+    with pytest.raises(RagDiagError):
+        fuse_runs(LEXICAL, DENSE, "combmnz")
+    with pytest.raises(RagDiagError):
+        fuse_runs(LEXICAL, DENSE, weight=1.5)
+    with pytest.raises(RagDiagError):
+        fuse_runs({"q1": {}}, DENSE)

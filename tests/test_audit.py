@@ -63,10 +63,9 @@ def kb(tmp_path_factory) -> Corpus:
 def mock_store(kb, mock_encoder, tmp_path_factory):
     """A LangChain FAISS store of normalised mock mean vectors, opened as a store under audit."""
     from rag_diag.retrieval.bundle import build_indexes
-    from rag_diag.stores.langchain import export_langchain
 
     bundle = build_indexes(kb, model=mock_encoder, strategies="mean")
-    return open_store(export_langchain(bundle, kb, tmp_path_factory.mktemp("audit") / "store"))
+    return open_store(bundle.export_langchain(kb, tmp_path_factory.mktemp("audit") / "store"))
 
 
 def copy_queries(kb: Corpus) -> tuple[Queries, Qrels]:

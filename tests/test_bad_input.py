@@ -151,9 +151,9 @@ def _setup(root: Path, overrides: dict[str, bytes]) -> None:
 def _run(case: Case, root: Path, monkeypatch, capsys) -> tuple[int, str]:
     _setup(root, case.files)
     if case.patch == "read":
-        monkeypatch.setattr(corpora_io, "_read_lines", _raise_os_error)
+        monkeypatch.setattr(corpora_io, "read_lines", _raise_os_error)
     elif case.patch == "interrupt-read":
-        monkeypatch.setattr(corpora_io, "_read_lines", _raise_interrupt)
+        monkeypatch.setattr(corpora_io, "read_lines", _raise_interrupt)
     elif case.patch == "interrupt-write":
         monkeypatch.setattr(atomic, "write_parquet", _raise_interrupt)  # inside perturb's atomic_dir block
     argv = [arg.format(kb=root / "kb", tmp=root) for arg in case.argv]

@@ -108,7 +108,8 @@ def identifier_kb(tmp_path) -> tuple[Corpus, Queries, Qrels]:
     costs more (BM25 plus the mean index) → BM25."""
     corpus = load_corpus(write_licence_beir(tmp_path / "beir", docs=5, queries=0))
     codes = [f"xq{i:03d}" for i in range(len(corpus))]
-    tagged = Corpus(ids=corpus.ids, texts=[f"{t} Reference code {c}." for t, c in zip(corpus.texts, codes, strict=True)])
+    texts = [f"{text} Reference code {code}." for text, code in zip(corpus.texts, codes, strict=True)]
+    tagged = Corpus(ids=corpus.ids, texts=texts)
     ids = [f"q{i}" for i in range(len(corpus))]
     return tagged, Queries(ids=ids, texts=codes), Qrels({q: {d: 1} for q, d in zip(ids, corpus.ids, strict=True)})
 

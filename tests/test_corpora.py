@@ -83,17 +83,39 @@ def test_lee_build_has_all_rated_pairs(tmp_path):
     assert pairs["human_score"].min() >= 0 and pairs["human_score"].max() <= 1
 
 
-@pytest.mark.slow
-def test_lee_sts_correlation_real_model(minilm):
+def test_lee_correlation_is_pearson_over_the_rated_pairs(tmp_path):
+    """Against an oracle written here: cosines of the vectors vs the ratings in the built pairs.parquet."""
+    import numpy as np
+    from scipy.stats import pearsonr
+
     from rag_diag.corpora.lee import lee_sts_correlation, lee_tfidf_correlation
 
-    result = lee_sts_correlation(minilm)
+    build_corpus("lee", tmp_path / "lee")
+    ids = load_corpus(tmp_path / "lee").ids
+    vectors = np.random.default_rng(0).standard_normal((len(ids), 8))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    row = {doc_id: i for i, doc_id in enumerate(ids)}
+    pairs = pl.read_parquet(tmp_path / "lee" / "pairs.parquet")
+    cosines = [float(unit[row[a]] @ unit[row[b]]) for a, b in pairs.select("doc_a", "doc_b").iter_rows()]
+    expected = pearsonr(cosines, pairs["human_score"].to_numpy()).statistic
+    result = lee_sts_correlation(vectors, "random")
+    assert result["model"] == "random" and result["n_pairs"] == pairs.height == 1225
+    # the same 1,225 cosines and ratings, in the same order: float rounding only (~1e-15)
+    assert result["pearson"] == pytest.approx(expected, abs=1e-12)
+    # measured 0.559, deterministic (no model): the band only absorbs tokenizer / scikit-learn drift
+    assert 0.5 < lee_tfidf_correlation()["pearson"] < 0.65
+
+
+@pytest.mark.slow
+def test_lee_sts_correlation_real_model(minilm):
+    from rag_diag.corpora.lee import lee_corpus, lee_sts_correlation
+    from rag_diag.tokens.extract import encode_corpus
+
+    result = lee_sts_correlation(encode_corpus(lee_corpus(), model=minilm).means(), "minilm")
     assert result["n_pairs"] == 1225
     # measured 0.656 (LSA ≈ 0.60 published); with n = 1225 pairs the standard error of r is
     # (1 − r²)/√n ≈ 0.016, so the band [0.5, 0.9] is ~10 SE wide on each side: model/library drift only
     assert 0.5 < result["pearson"] < 0.9
-    # measured 0.559, deterministic (no model): the band only absorbs tokenizer / scikit-learn drift
-    assert 0.5 < lee_tfidf_correlation()["pearson"] < 0.65
 
 
 def test_wiki_sentences_build(tmp_path):

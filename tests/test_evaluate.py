@@ -189,6 +189,9 @@ def test_another_encoder_is_refused(licence_beir, mock_bundle):  # noqa: F811
     _, queries, qrels = load_beir(licence_beir)
     with pytest.raises(RagDiagError, match="dimension 8"):
         evaluate_bundle(mock_bundle, queries, qrels, model=MockEncoder(dim=8))
+    # same dimension, another identity (no weights hash to compare): still another model
+    with pytest.raises(RagDiagError, match="rebuild the index or pass its model"):
+        evaluate_bundle(mock_bundle, queries, qrels, model=MockEncoder(max_seq_length=128, name="other"))
 
 
 def test_judged_document_outside_the_index_is_refused(licence_beir, mock_bundle):  # noqa: F811
@@ -243,11 +246,14 @@ def test_real_model_metrics_equal_trec_eval(minilm_bundle, licence_beir, tmp_pat
 @pytest.mark.slow
 def test_cli_end_to_end(licence_beir, tmp_path):  # noqa: F811
     from rag_diag.cli import main
+    from rag_diag.stores.langchain import load_langchain_store
 
     index_dir, eval_dir = tmp_path / "idx", tmp_path / "eval"
     assert main(["index", "--corpus", str(licence_beir), "--model", "minilm", "--pooling", "mean,mean+std",
                  "--index-type", "hnsw", "--out", str(index_dir)]) == 0
-    assert (tmp_path / "idx-langchain" / "index.pkl").is_file()  # exported beside the bundle
+    export = index_dir / "langchain"  # the mean index exported inside the bundle folder
+    _, doc_ids, _, _ = load_langchain_store(export)
+    assert doc_ids == load_beir(licence_beir)[0].ids
     assert main(["evaluate", "--index", str(index_dir), "--queries", str(licence_beir / "queries.jsonl"),
                  "--qrels", str(licence_beir / "qrels" / "test.tsv"), "--rerank", "maxsim",
                  "--out", str(eval_dir)]) == 0

@@ -15,7 +15,7 @@ from rag_diag.corpora.io import Corpus, load_beir
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import evaluate_bundle
 from rag_diag.retrieval.bundle import IndexBundle
-from rag_diag.stores.langchain import build_langchain_store, export_langchain, load_langchain_store
+from rag_diag.stores.langchain import build_langchain_store, load_langchain_store
 from rag_diag.stores.stored import open_store
 
 
@@ -46,7 +46,7 @@ def imported_bundle(folder, model_identity: dict) -> IndexBundle:
 
 def test_load_store_round_trip(mock_bundle, licence_beir, tmp_path):  # noqa: F811
     corpus, _, _ = load_beir(licence_beir)
-    folder = export_langchain(mock_bundle, corpus, tmp_path / "lc")
+    folder = mock_bundle.export_langchain(corpus, tmp_path / "lc")
     index, doc_ids, texts, metadatas = load_langchain_store(folder)
     assert doc_ids == corpus.ids and texts == corpus.texts and metadatas[0] == {"id": corpus.ids[0]}
     np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal),
@@ -57,13 +57,13 @@ def test_export_refuses_another_corpus(mock_bundle, licence_beir, tmp_path):  # 
     corpus, _, _ = load_beir(licence_beir)
     shuffled = Corpus(ids=corpus.ids[::-1], texts=corpus.texts[::-1])
     with pytest.raises(RagDiagError, match="differs from the one the index was built from"):
-        export_langchain(mock_bundle, shuffled, tmp_path / "lc")
+        mock_bundle.export_langchain(shuffled, tmp_path / "lc")
     assert not (tmp_path / "lc").exists()
 
 
 def test_imported_store_evaluates_like_its_index(mock_bundle, mock_encoder, licence_beir, tmp_path):  # noqa: F811
     corpus, queries, qrels = load_beir(licence_beir)
-    folder = export_langchain(mock_bundle, corpus, tmp_path / "lc")
+    folder = mock_bundle.export_langchain(corpus, tmp_path / "lc")
     bundle = imported_bundle(folder, mock_encoder.identity)
     assert bundle.strategies == ["mean"] and bundle.path is None and bundle.doc_ids == corpus.ids
     imported = evaluate_bundle(bundle, queries, qrels, model=mock_encoder)
@@ -101,7 +101,7 @@ def test_export_loads_and_returns_our_top10(minilm_bundle, minilm, licence_beir,
     from rag_diag.tokens.extract import encode_texts
 
     corpus, queries, _ = load_beir(licence_beir)
-    folder = export_langchain(minilm_bundle, corpus, tmp_path / "lc")
+    folder = minilm_bundle.export_langchain(corpus, tmp_path / "lc")
     store = FAISS.load_local(str(folder), embeddings, allow_dangerous_deserialization=True)
     query_store = encode_texts(queries.texts, model=minilm, ids=queries.ids)
     vectors = index_vectors(pool_store("mean", query_store), "cosine")

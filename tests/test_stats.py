@@ -6,7 +6,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-import pytest
 from scipy.special import betainc
 
 from rag_diag.diagnosis import stats

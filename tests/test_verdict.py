@@ -258,7 +258,7 @@ def test_inverse_association_is_named_as_such():
     assert any("inverse association" in line for line in verdict["evidence"])
 
 
-# --------------------------------------------------------------------------------------------------- the rule's constants
+# ---------------------------------------------------------------------------------------------- the rule's constants
 
 
 def test_thresholds_are_the_documented_ones():

@@ -14,7 +14,8 @@ from rag_diag.defaults import DEFAULT_K, DEFAULT_SAMPLE
 @app.command("audit")
 def audit_command(
     context: typer.Context,
-    store: Annotated[Path, typer.Option(help="LangChain FAISS store folder, or a FAISS index file.")],
+    store: Annotated[str, typer.Option(help="Store folder (LangChain FAISS, Chroma, Qdrant local), FAISS index "
+                                            "file, or URI qdrant+path://DIR#COLLECTION, chroma://DIR#COLLECTION.")],
     out: Annotated[Path, typer.Option(help="Output folder: audit.json, documents.parquet, report.html.")],
     model: Annotated[str, typer.Option(help="The model the store was built with (checked).")] = "minilm",
     documents: Annotated[Path | None, typer.Option(help="Documents of a bare FAISS index, in index order.")] = None,
@@ -23,6 +24,7 @@ def audit_command(
     k: Annotated[int, typer.Option(min=1, help="Neighbours per document; ANN recall and metric cut-off.")] = DEFAULT_K,
     sample: Annotated[int, typer.Option(min=1, help="Documents sampled for the checks and probes.")] = DEFAULT_SAMPLE,
     seed: Annotated[int, typer.Option(help="Seed of the samples and probe edits.")] = 0,
+    collection: Annotated[str | None, typer.Option(help="Collection of a Qdrant or Chroma store.")] = None,
     trust_store: Annotated[bool, typer.Option(help="Unpickle index.pkl unrestricted (own stores only).")] = False,
     force: Force = False,
 ) -> Any:
@@ -33,7 +35,7 @@ def audit_command(
 
     loaded_queries = None if queries is None else load_queries(queries)
     loaded_qrels = None if qrels is None or loaded_queries is None else load_qrels(qrels, loaded_queries)
-    stored = open_store(store, documents, trust_store=trust_store)
+    stored = open_store(store, documents, trust_store=trust_store, collection=collection)
     check_out(out, KIND, force)
     result = audit_store(stored, model=model, queries=loaded_queries, qrels=loaded_qrels, k=k, sample=sample,
                          seed=seed, command=recorded(context))

@@ -21,20 +21,17 @@ def index_command(
     pooling: Annotated[str, typer.Option(help="Comma-separated pooling strategies, or 'all'.")] = "mean",
     index_type: Annotated[str, typer.Option(help="flat, hnsw or ivfpq.")] = "flat",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (GPU FAISS when present).")] = "cpu",
-    langchain: Annotated[bool, typer.Option(help="Also export the mean index as a LangChain store.")] = True,
+    langchain: Annotated[bool, typer.Option(help="Export the mean index as a LangChain store too.")] = True,
     force: Force = False,
 ) -> Any:
     """Encode the corpus once and build one FAISS index per pooling strategy."""
     from rag_diag.corpora.io import load_corpus
     from rag_diag.retrieval.bundle import KIND, build_indexes
-    from rag_diag.stores.langchain import export_langchain
 
     docs = load_corpus(corpus)
     check_out(out, KIND, force)
     bundle = build_indexes(docs, model=model, strategies=pooling, index_type=index_type, device=device,
-                           command=recorded(context)).write(out, force=force)
-    if langchain and "mean" in bundle.strategies:
-        export_langchain(bundle, docs, out.parent / f"{out.name}-langchain")
+                           command=recorded(context)).write(out, force=force, langchain=docs if langchain else None)
     table = Table("strategy", "dim", "metric", "index")
     for strategy in bundle.strategies:
         meta = bundle.strategy_manifest(strategy)

@@ -24,6 +24,8 @@ from rag_diag.corpora.writers import write_beir
 from rag_diag.errors import RagDiagError
 
 MODULES = ("KJV", "WEB")
+"""The two translations; a SWORD module counts as one when its id contains the name (Debian ships
+``engKJV2006eb`` and ``engWEB2015eb``; older packages and other repositories use ``KJV`` / ``WEB``)."""
 DEFAULT_SWORD_PATH = "/usr/share/sword"
 SMALL_QUERIES = 300
 INSTALL_HINT = (
@@ -37,12 +39,30 @@ def sword_path() -> Path:
     return Path(os.environ.get("SWORD_PATH", DEFAULT_SWORD_PATH))
 
 
+def module_ids() -> dict[str, str]:
+    """``{"KJV": module id, "WEB": module id}`` for the translations installed under :func:`sword_path`.
+
+    Module ids are the ``[section]`` names of the ``mods.d/*.conf`` files; the shortest id containing
+    the translation's name wins (``KJV`` before ``engKJV2006eb``).
+    """
+    found: dict[str, str] = {}
+    for conf in sorted((sword_path() / "mods.d").glob("*.conf")):
+        lines = (line.strip() for line in conf.read_text(encoding="utf-8", errors="replace").splitlines())
+        header = next((line for line in lines if line.startswith("[") and line.endswith("]")), None)
+        if header is None:
+            continue
+        module = header[1:-1]
+        for name in MODULES:
+            if name.lower() in module.lower() and len(module) < len(found.get(name, module + "_")):
+                found[name] = module
+    return found
+
+
 def unavailable() -> str | None:
     """None when pysword and both SWORD modules are installed, else how to install them."""
     if importlib.util.find_spec("pysword") is None:
         return f"pysword is not installed: {INSTALL_HINT}"
-    conf = sword_path() / "mods.d"
-    missing = [name for name in MODULES if not (conf / f"{name.lower()}.conf").is_file()]
+    missing = [name for name in MODULES if name not in module_ids()]
     if missing:
         return f"SWORD module(s) {', '.join(missing)} not found under {sword_path()}: {INSTALL_HINT}"
     return None
@@ -78,8 +98,11 @@ def read_verses(module: str, testaments: tuple[str, ...] = ("ot", "nt")) -> dict
 def build(folder: Path, size: str | int, seed: int) -> dict[str, Any]:
     """Write the KJV corpus, WEB queries and one-to-one qrels into ``folder``."""
     testaments = ("ot", "nt") if size == "full" else ("nt",)
-    kjv = read_verses("KJV", testaments)
-    web = read_verses("WEB", testaments)
+    ids = module_ids()
+    if any(name not in ids for name in MODULES):
+        raise RagDiagError(f"SWORD modules KJV and WEB not found under {sword_path()}: {INSTALL_HINT}")
+    kjv = read_verses(ids["KJV"], testaments)
+    web = read_verses(ids["WEB"], testaments)
     aligned = sorted(set(kjv) & set(web))
     if not aligned:
         raise RagDiagError(f"no verse ids shared by KJV and WEB under {sword_path()}")
@@ -92,7 +115,8 @@ def build(folder: Path, size: str | int, seed: int) -> dict[str, Any]:
     write_beir(folder, corpus, queries, Qrels({verse: {verse: 1} for verse in aligned}))
     return {
         "source": {"package": "pysword + Debian sword-text-kjv, sword-text-web",
-                   "version": importlib.metadata.version("pysword"), "path": "SWORD modules KJV, WEB"},
+                   "version": importlib.metadata.version("pysword"),
+                   "path": f"SWORD modules {ids['KJV']}, {ids['WEB']}"},
         "licence": "public domain",
         "counts": {"documents": len(corpus), "queries": len(queries)},
         "parameters": {"testaments": list(testaments), "clean": True},

@@ -3,8 +3,9 @@
 A failed query's relevant document was outranked by a *confuser*. The causes, checked in this order
 (the first that holds is the primary cause; all are recorded as evidence):
 
-1. ``duplicate`` — the confuser says the same as the relevant document: their normalised word
-   multisets are equal (lower-cased alphanumeric words, order ignored; rapidfuzz token-sort ratio 100).
+1. ``duplicate`` — the confuser says the same as the relevant document: the same vocabulary (the
+   same set of lower-cased alphanumeric words; order, case, punctuation and repetition ignored;
+   rapidfuzz ratio 100 on the sorted word sets).
    No retriever can separate them; deduplicate the store or merge the qrels. A one-word difference
    ("version 2" / "version 3") is *not* a duplicate: that is exactly what retrieval must resolve.
 2. ``truncated`` — the relevant document is longer than the model window and windowed encoding
@@ -54,11 +55,11 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def _words(text: str) -> list[str]:
-    return sorted(_WORD.findall(text.lower()))
+    return sorted(set(_WORD.findall(text.lower())))
 
 
 def same_words(first: str, second: str) -> bool:
-    """True when the two texts have the same multiset of lower-cased alphanumeric words."""
+    """True when the two texts have the same set of lower-cased alphanumeric words."""
     from rapidfuzz import fuzz
 
     a, b = " ".join(_words(first)), " ".join(_words(second))

@@ -49,6 +49,7 @@ from rag_diag.evaluation.counterfactual import counterfactuals
 from rag_diag.evaluation.crossval import Configuration, CrossValResult, cross_validate, query_groups
 from rag_diag.evaluation.result import EvalResult
 from rag_diag.evaluation.significance import ALPHA, compare_to_baseline
+from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
 
 PRIMARY_METRIC = "MRR@10"
@@ -135,8 +136,9 @@ def decide(candidates: list[Candidate]) -> tuple[str, str]:
     best = max(candidates, key=lambda c: (c.score, c.name == BASELINE))
     tied_with_best = [c for c in winners if c.name == best.name or c.p_vs_best is None or c.p_vs_best >= ALPHA]
     chosen = min(tied_with_best, key=_cost) if tied_with_best else max(winners, key=lambda c: c.score)
+    setting = "" if chosen.chosen == chosen.name else f" ({chosen.chosen})"
     return chosen.name, (
-        f"{chosen.name} ({chosen.chosen}) beats mean on out-of-fold {PRIMARY_METRIC} ({chosen.score:.4f} vs "
+        f"{chosen.name}{setting} beats mean on out-of-fold {PRIMARY_METRIC} ({chosen.score:.4f} vs "
         f"{mean.score:.4f}, corrected p = {chosen.p_vs_mean:.3g}; fixes {chosen.fixes}, breaks {chosen.breaks} "
         f"queries at rank 1) and is the cheapest such candidate not significantly worse than the best "
         f"({best.name}, {best.score:.4f}): {chosen.bytes_per_doc:,.0f} bytes/doc, {chosen.latency_ms:.2f} ms/query"
@@ -277,7 +279,7 @@ def choose_pooling(
     *,
     queries: Queries | None = None,
     qrels: Qrels | None = None,
-    model: str = "minilm",
+    model: str | Encoder = "minilm",
     strategies: str | list[str] | None = None,
     rerankers: str | list[str] | None = None,
     k: int = 10,

@@ -50,6 +50,10 @@ def diagnosis_headline(summary: dict[str, Any]) -> list[Headline]:
         Headline("AUROC collapse rate → failure", _fmt(collapse_auroc["auroc"]),
                  f"95% CI {_fmt(collapse_auroc['ci_low'])}–{_fmt(collapse_auroc['ci_high'])} "
                  f"({collapse_auroc['direction']})"),
+        Headline("AUROC collapse index → failure", _fmt(summary["collapse_index"]["auroc"]["auroc"]),
+                 "d_Σ / ((c₁ + c₂)/4): collapse relative to its bound from concentration"),
+        Headline("AUROC concentration → failure", _fmt(summary["concentration"]["auroc"]["auroc"]),
+                 "token concentration of the relevant document"),
         Headline("AUROC mean cosine → failure", _fmt(cos_auroc["auroc"]),
                  f"95% CI {_fmt(cos_auroc['ci_low'])}–{_fmt(cos_auroc['ci_high'])}"),
         Headline("collapse beyond controls", f"p = {_fmt(beyond['p_value'], 4)}",

@@ -112,9 +112,15 @@ class IndexBundle:
             self.tokens = TokenStore.open(self.path / relative, verify=True)
         return self.tokens
 
-    def write(self, out: str | Path, *, force: bool = False) -> IndexBundle:
-        """Write the bundle folder atomically (indexes, statistics, doc ids, token store, manifests)."""
+    def write(self, out: str | Path, *, force: bool = False, langchain: Corpus | None = None) -> IndexBundle:
+        """Write the bundle folder atomically (indexes, statistics, doc ids, token store, manifests).
+
+        With ``langchain`` (the bundle's corpus) the mean index is also exported as a LangChain FAISS
+        store in ``out/langchain``.
+        """
         with atomic.atomic_dir(out, kind=KIND, force=force) as tmp:
+            if langchain is not None:
+                self.export_langchain(langchain, tmp / "langchain")
             manifest = dict(self.manifest)
             if self.tokens is not None:
                 store = self.token_store()
@@ -132,6 +138,16 @@ class IndexBundle:
                 atomic.write_json(folder / "manifest.json", self.strategy_manifest(strategy))
             atomic.write_json(tmp / "manifest.json", manifest)
         return IndexBundle.open(out)
+
+    def export_langchain(self, corpus: Corpus, folder: str | Path) -> Path:
+        """The mean index as a LangChain FAISS store (L2-normalised means: inner product = cosine)."""
+        from rag_diag.stores.langchain import save_langchain_store
+
+        if "mean" not in self.strategies:
+            raise RagDiagError(f"{self.where}: no 'mean' index to export (build it with --pooling mean)")
+        if corpus.content_hash() != self.manifest.get("corpus_sha256") or corpus.ids != self.doc_ids:
+            raise RagDiagError(f"{self.where}: the corpus differs from the one the index was built from")
+        return save_langchain_store(self.index("mean"), corpus, folder)
 
     @classmethod
     def open(cls, path: str | Path) -> IndexBundle:

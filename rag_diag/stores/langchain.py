@@ -1,6 +1,6 @@
 """LangChain ``FAISS`` vector stores in and out: ``index.faiss`` + ``index.pkl`` (docstore, id map).
 
-- :func:`export_langchain` writes a bundle's mean index as a store that
+- :func:`save_langchain_store` writes a FAISS index and its corpus as a store that
   ``FAISS.load_local(folder, embeddings, allow_dangerous_deserialization=True)`` opens;
 - :func:`load_langchain_store` reads any such store back as (index, doc ids, texts, metadatas);
 - :func:`build_langchain_store` builds a store the way a LangChain user would (HuggingFaceEmbeddings
@@ -21,7 +21,6 @@ from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError
 from rag_diag.models.loading import load_encoder
-from rag_diag.retrieval.bundle import IndexBundle
 from rag_diag.stores.safe_pickle import RefusedGlobal, safe_loads
 
 KIND = "langchain-store"
@@ -42,20 +41,6 @@ def save_langchain_store(index: faiss.Index, corpus: Corpus, out_dir: str | Path
         payload = (InMemoryDocstore(documents), dict(enumerate(corpus.ids)))
         (tmp / "index.pkl").write_bytes(pickle.dumps(payload))
     return out_dir
-
-
-def export_langchain(bundle: IndexBundle, corpus: Corpus, out_dir: str | Path) -> Path:
-    """Export the bundle's ``mean`` index as a LangChain FAISS store in ``out_dir``.
-
-    The vectors are L2-normalised means, so a store opened with embeddings that normalise
-    (``encode_kwargs={"normalize_embeddings": True}``) returns the same neighbours by inner product.
-    ``corpus`` must be the one the bundle was built from (checked by its content hash).
-    """
-    if "mean" not in bundle.strategies:
-        raise RagDiagError(f"{bundle.where}: no 'mean' index to export (build it with --pooling mean)")
-    if corpus.content_hash() != bundle.manifest.get("corpus_sha256") or corpus.ids != bundle.doc_ids:
-        raise RagDiagError(f"{bundle.where}: the corpus differs from the one the index was built from")
-    return save_langchain_store(bundle.index("mean"), corpus, out_dir)
 
 
 def load_langchain_store(

@@ -1,0 +1,165 @@
+"""Chroma persistent folders (``chromadb.PersistentClient(path=FOLDER)``) as a
+:class:`~rag_diag.stores.protocol.StoreReader`.
+
+A persistent folder holds ``chroma.sqlite3`` (collections, ids, documents, metadata, embeddings log) and
+one HNSW folder per collection. The reader opens it with ``chromadb`` itself (no embedding function is
+attached, so nothing is ever embedded or downloaded) and reads one collection.
+
+- **rows**: the records sorted by id (Chroma ids are strings).
+- **texts**: the records' documents (a collection stored without documents cannot be audited).
+- **metadata**: the records' metadata (``{}`` where none).
+- **vectors**: the stored embeddings as float32; distance from the collection's configuration
+  (``hnsw`` or ``spann`` ``space``) or its legacy ``hnsw:space`` metadata, Chroma's default ``l2``
+  otherwise: ``cosine`` → cosine, ``ip`` → dot, ``l2`` → l2.
+
+Chroma's own search is approximate (HNSW); the audited index is the exact copy, so its ANN recall is
+that of exact search, not of the Chroma index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_diag import atomic
+from rag_diag.errors import RagDiagError
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, missing_library
+
+KIND = "chroma"
+PIN = "chromadb==1.5.9"
+SQLITE = "chroma.sqlite3"
+SPACES: dict[str, Distance] = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
+
+
+def is_chroma_folder(path: Path) -> bool:
+    """A Chroma persistent folder: it holds ``chroma.sqlite3``."""
+    return (path / SQLITE).is_file()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _space(configuration: dict[str, Any] | None, metadata: dict[str, Any] | None) -> str:
+    """The collection's distance space: its configuration, else its legacy metadata, else Chroma's default."""
+    for section in ("hnsw", "spann"):
+        part = (configuration or {}).get(section)
+        if isinstance(part, dict) and part.get("space"):
+            return str(part["space"])
+    return str((metadata or {}).get("hnsw:space", "l2"))
+
+
+class ChromaReader:
+    """One collection of a Chroma persistent folder, rows sorted by id."""
+
+    kind = KIND
+
+    def __init__(self, path: str | Path, collection: str | None = None) -> None:
+        self.path = Path(path)
+        if not is_chroma_folder(self.path):
+            raise RagDiagError(f"{self.path}: not a Chroma persistent folder (needs {SQLITE})")
+        try:
+            import chromadb
+        except ImportError:
+            raise missing_library("chromadb", PIN, "Chroma store") from None
+        atomic.protect_input(self.path)
+        try:
+            # Default settings: an in-process client of the same folder with other settings would be refused.
+            self._client: Any = chromadb.PersistentClient(path=str(self.path))
+        except Exception as exc:  # a corrupt or newer-format database can fail in any way
+            raise RagDiagError(f"{self.path}: unreadable Chroma folder ({_first_line(exc)})") from None
+        try:
+            self._read(collection)
+        except RagDiagError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise RagDiagError(f"{self.path}: unreadable Chroma collection ({_first_line(exc)})") from None
+
+    def _read(self, collection: str | None) -> None:
+        names = sorted(str(getattr(c, "name", c)) for c in self._client.list_collections())
+        if collection is None:
+            if len(names) != 1:
+                listed = ", ".join(names) or "none"
+                raise RagDiagError(f"{self.path}: {len(names)} Chroma collections ({listed}); choose one with "
+                                   "--collection or chroma://FOLDER#COLLECTION")
+            collection = names[0]
+        elif collection not in names:
+            found = ", ".join(names) or "none"
+            raise RagDiagError(f"{self.path}: no Chroma collection '{collection}' (found: {found})")
+        self.collection: str | None = collection
+        self._collection = self._client.get_collection(collection, embedding_function=None)  # type: ignore[arg-type]
+        configuration = getattr(self._collection, "configuration_json", None)
+        space = _space(configuration, self._collection.metadata)
+        if space not in SPACES:
+            raise RagDiagError(f"{self.path}#{collection}: distance space '{space}' is not supported "
+                               f"(supported: {', '.join(SPACES)})")
+        self.distance: Distance = SPACES[space]
+        self._batch = max(1, min(BATCH_SIZE, int(self._client.get_max_batch_size())))
+        total = self._collection.count()
+        if total == 0:
+            raise RagDiagError(f"{self.path}#{collection}: the collection is empty")
+        records: dict[str, tuple[Any, Any]] = {}
+        for offset in range(0, total, self._batch):
+            page = self._collection.get(include=["documents", "metadatas"], limit=self._batch, offset=offset)
+            texts: list[Any] = page["documents"] or [None] * len(page["ids"])
+            metadatas: list[Any] = page["metadatas"] or [None] * len(page["ids"])
+            for doc_id, text, metadata in zip(page["ids"], texts, metadatas, strict=True):
+                records[doc_id] = (text, metadata)
+        if len(records) != total:
+            raise RagDiagError(f"{self.path}#{collection}: read {len(records)} records of {total} (was it written to "
+                               "while being read?)")
+        self._ids = sorted(records)
+        self._texts: list[str] = []
+        self._metadatas: list[dict[str, Any]] = []
+        for doc_id in self._ids:
+            text, metadata = records[doc_id]
+            if not isinstance(text, str):
+                raise RagDiagError(f"{self.path}#{collection}: record '{doc_id}' has no document text (a collection "
+                                   "stored without documents cannot be audited)")
+            self._texts.append(text)
+            self._metadatas.append(dict(metadata or {}))
+        first = self._collection.get(ids=[self._ids[0]], include=["embeddings"])["embeddings"]
+        if first is None or len(first) != 1:
+            raise RagDiagError(f"{self.path}#{collection}: record '{self._ids[0]}' has no embedding")
+        self.dim: int = int(np.asarray(first[0]).shape[0])
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def texts(self) -> list[str]:
+        return list(self._texts)
+
+    def metadatas(self) -> list[dict[str, Any]]:
+        return [dict(metadata) for metadata in self._metadatas]
+
+    def vectors(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
+        step = max(1, min(batch_size, self._batch))
+        for start in range(0, len(self._ids), step):
+            chunk = self._ids[start : start + step]
+            got = self._collection.get(ids=chunk, include=["embeddings"])
+            embeddings = got["embeddings"]
+            if embeddings is None or len(got["ids"]) != len(chunk):
+                raise RagDiagError(f"{self.path}#{self.collection}: some records of this batch have no embedding")
+            position = {doc_id: row for row, doc_id in enumerate(got["ids"])}
+            batch = np.asarray(embeddings, dtype=np.float32)
+            yield batch[[position[doc_id] for doc_id in chunk]]
+
+    def faiss_index(self) -> None:
+        return None
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+            self._client = None

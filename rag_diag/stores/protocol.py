@@ -1,0 +1,133 @@
+"""What rag-diag needs from a vector store it audits: the :class:`StoreReader` protocol.
+
+A reader hands over, by row in one deterministic order, the document ids, texts and metadata, the
+stored vectors (streamed in batches of float32 rows), and the distance the store ranks with. The
+LangChain FAISS and bare FAISS readers (:mod:`rag_diag.stores.stored`) also hand over their own FAISS
+index, which is audited as it is (its ANN recall included); the Qdrant and Chroma readers
+(:mod:`rag_diag.stores.qdrant`, :mod:`rag_diag.stores.chroma`) do not, and :func:`exact_index` builds
+an exact FAISS index over their vectors with their distance:
+
+==========  ===================================================  ==========================
+distance    FAISS index                                          vectors in the index
+==========  ===================================================  ==========================
+``cosine``  ``IndexFlatIP`` (inner product)                      L2-normalised
+``dot``     ``IndexFlatIP``                                      as stored
+``l2``      ``IndexFlatL2`` (squared Euclidean, as Chroma's l2)  as stored
+==========  ===================================================  ==========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import faiss
+import numpy as np
+
+from rag_diag.errors import RagDiagError
+
+Distance = Literal["cosine", "dot", "l2"]
+DISTANCES: tuple[Distance, ...] = ("cosine", "dot", "l2")
+
+BATCH_SIZE = 1024
+"""Rows per batch of :meth:`StoreReader.vectors`."""
+
+UNIT_NORM_TOLERANCE = 1e-6
+"""For a cosine store, rows whose norm is within this of 1 are kept bit for bit (the store, e.g. Qdrant,
+already normalised them); the others are L2-normalised. float32 rounding of a unit vector stays far
+below it (~1e-7)."""
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """A vector store opened for reading, rows in one deterministic order (every list has ``len(self)`` items).
+
+    Attributes:
+        kind: the store's kind: ``"langchain"``, ``"faiss"``, ``"qdrant"``, ``"chroma"``.
+        path: the store's folder (or index file).
+        collection: the collection read, for stores that hold several (else None).
+        dim: the dimension of the vectors.
+        distance: what the store ranks with: ``"cosine"``, ``"dot"`` or ``"l2"``.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def collection(self) -> str | None: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def distance(self) -> Distance: ...
+
+    def __len__(self) -> int: ...
+
+    def ids(self) -> list[str]:
+        """Document ids by row."""
+        ...
+
+    def texts(self) -> list[str]:
+        """Document texts by row."""
+        ...
+
+    def metadatas(self) -> list[dict[str, Any]]:
+        """Document metadata by row (``{}`` where the store has none)."""
+        ...
+
+    def vectors(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
+        """The stored vectors by row, as float32 arrays of at most ``batch_size`` rows each."""
+        ...
+
+    def faiss_index(self) -> faiss.Index | None:
+        """The store's own FAISS index when it searches with one (audited as is), else None."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (Qdrant local mode locks its folder while a client holds it)."""
+        ...
+
+
+def faiss_metric(distance: Distance) -> int:
+    """The FAISS metric of a store distance (cosine is inner product on normalised vectors)."""
+    if distance not in DISTANCES:
+        raise RagDiagError(f"unsupported distance '{distance}' (supported: {', '.join(DISTANCES)})")
+    return faiss.METRIC_L2 if distance == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def index_rows(vectors: np.ndarray, distance: Distance) -> np.ndarray:
+    """The rows an exact index holds for ``vectors`` (float32, C-contiguous; normalised for cosine)."""
+    rows = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if rows.ndim != 2:
+        raise RagDiagError(f"expected a 2-D batch of vectors, got shape {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise RagDiagError("the store holds vectors with NaN or infinite values")
+    if distance == "cosine":
+        norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+        redo = np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE
+        if np.any(norms[redo] == 0.0):
+            raise RagDiagError("a cosine store holds a zero vector (it has no direction)")
+        rows[redo] = (rows[redo] / norms[redo, None]).astype(np.float32)
+    return rows
+
+
+def exact_index(reader: StoreReader, batch_size: int = BATCH_SIZE) -> faiss.Index:
+    """An exact FAISS index (``IndexFlat``) over the reader's vectors, in its row order, with its distance."""
+    index = faiss.IndexFlat(reader.dim, faiss_metric(reader.distance))
+    for batch in reader.vectors(batch_size):
+        if batch.shape[1:] != (reader.dim,):
+            raise RagDiagError(f"{reader.path}: a stored vector has shape {batch.shape[1:]}, expected ({reader.dim},)")
+        index.add(index_rows(batch, reader.distance))
+    if index.ntotal != len(reader):
+        raise RagDiagError(f"{reader.path}: read {index.ntotal} vectors for {len(reader)} documents")
+    return index
+
+
+def missing_library(package: str, pin: str, what: str) -> RagDiagError:
+    """The one-line error for a store whose client library is not installed."""
+    return RagDiagError(f"reading a {what} needs the '{package}' package: pip install {pin}")

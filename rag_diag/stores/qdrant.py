@@ -1,0 +1,211 @@
+"""Qdrant local mode (``QdrantClient(path=FOLDER)``) as a :class:`~rag_diag.stores.protocol.StoreReader`.
+
+A local-mode folder holds ``meta.json`` (the collections and their vector parameters) and
+``collection/NAME/storage.sqlite``. The reader opens it with ``qdrant-client`` itself, reads one
+collection and closes the client (local mode locks the folder while a client holds it).
+
+- **rows**: the points sorted by id, integer ids first (numerically), then UUID ids (as strings),
+  the order Qdrant's own scroll uses; ``doc_ids`` are the ids as strings.
+- **texts**: from the payload: ``text_key`` when given, else the first string among
+  :data:`TEXT_KEYS` (``page_content`` for LangChain, ``text``, ``document``, ``content`` for Haystack),
+  else LlamaIndex's ``_node_content`` JSON ``text``.
+- **metadata**: the rest of the payload; a nested ``metadata`` object (LangChain) is lifted to the top.
+- **vectors**: the collection's dense vector (the unnamed one, or the only named one, or ``vector_name``),
+  float32; distance Cosine → ``cosine``, Dot → ``dot``, Euclid → ``l2`` (Manhattan is refused).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_diag import atomic
+from rag_diag.errors import RagDiagError
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, missing_library
+
+KIND = "qdrant"
+PIN = "qdrant-client==1.20.0"
+TEXT_KEYS = ("page_content", "text", "document", "content")
+"""Payload keys tried, in order, for a point's text (LangChain, LlamaIndex/common, Chroma-like, Haystack)."""
+LLAMA_INDEX_KEYS = ("_node_content", "_node_type")
+DISTANCES: dict[str, Distance] = {"Cosine": "cosine", "Dot": "dot", "Euclid": "l2"}
+
+
+def is_qdrant_folder(path: Path) -> bool:
+    """A Qdrant local-mode folder: ``meta.json`` beside a ``collection/`` folder."""
+    return (path / "meta.json").is_file() and (path / "collection").is_dir()
+
+
+def _id_key(point_id: int | str) -> tuple[int, int, str]:
+    return (0, point_id, "") if isinstance(point_id, int) else (1, 0, str(point_id))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class QdrantReader:
+    """One collection of a Qdrant local-mode folder, rows sorted by point id."""
+
+    kind = KIND
+
+    def __init__(
+        self, path: str | Path, collection: str | None = None, *, vector_name: str | None = None,
+        text_key: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not is_qdrant_folder(self.path):
+            raise RagDiagError(f"{self.path}: not a Qdrant local-mode folder (needs meta.json and collection/)")
+        try:
+            from qdrant_client import QdrantClient
+        except ImportError:
+            raise missing_library("qdrant-client", PIN, "Qdrant local store") from None
+        atomic.protect_input(self.path)
+        try:
+            self._client: Any = QdrantClient(path=str(self.path))
+        except RuntimeError as exc:  # the folder lock, held by another client
+            raise RagDiagError(f"{self.path}: cannot open the Qdrant folder ({_first_line(exc)})") from None
+        except Exception as exc:  # a corrupt meta.json or storage can fail in any way
+            raise RagDiagError(f"{self.path}: unreadable Qdrant folder ({_first_line(exc)})") from None
+        try:
+            self._read(collection, vector_name, text_key)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def _read(self, collection: str | None, vector_name: str | None, text_key: str | None) -> None:
+        names = sorted(c.name for c in self._client.get_collections().collections)
+        if collection is None:
+            if len(names) != 1:
+                listed = ", ".join(names) or "none"
+                raise RagDiagError(f"{self.path}: {len(names)} Qdrant collections ({listed}); choose one with "
+                                   "--collection or qdrant+path://FOLDER#COLLECTION")
+            collection = names[0]
+        elif collection not in names:
+            found = ", ".join(names) or "none"
+            raise RagDiagError(f"{self.path}: no Qdrant collection '{collection}' (found: {found})")
+        self.collection: str | None = collection
+        params = self._client.get_collection(collection).config.params.vectors
+        if params is None or (isinstance(params, dict) and not params):
+            raise RagDiagError(f"{self.path}#{collection}: the collection has no dense vectors")
+        if isinstance(params, dict):
+            if vector_name is None:
+                if len(params) != 1:
+                    raise RagDiagError(f"{self.path}#{collection}: named vectors {', '.join(sorted(params))}; choose "
+                                       "one with qdrant+path://FOLDER#COLLECTION?vector=NAME")
+                vector_name = next(iter(params))
+            if vector_name not in params:
+                raise RagDiagError(f"{self.path}#{collection}: no vector named '{vector_name}' "
+                                   f"(found: {', '.join(sorted(params))})")
+            vector_params = params[vector_name]
+        else:
+            if vector_name not in (None, ""):
+                raise RagDiagError(f"{self.path}#{collection}: the collection has one unnamed vector, "
+                                   f"not '{vector_name}'")
+            vector_name, vector_params = None, params
+        if getattr(vector_params, "multivector_config", None) is not None:
+            raise RagDiagError(f"{self.path}#{collection}: multivectors (late interaction) cannot be audited")
+        distance = str(getattr(vector_params.distance, "value", vector_params.distance))
+        if distance not in DISTANCES:
+            raise RagDiagError(f"{self.path}#{collection}: distance {distance} is not supported "
+                               f"(supported: {', '.join(DISTANCES)})")
+        self.distance: Distance = DISTANCES[distance]
+        self.dim: int = int(vector_params.size)
+        self._vector_name = vector_name
+        points = []
+        offset = None
+        while True:
+            records, offset = self._client.scroll(collection, limit=BATCH_SIZE, offset=offset, with_payload=True,
+                                                  with_vectors=False)
+            points.extend(records)
+            if offset is None:
+                break
+        if not points:
+            raise RagDiagError(f"{self.path}#{collection}: the collection is empty")
+        points.sort(key=lambda point: _id_key(point.id))
+        self._point_ids = [point.id for point in points]
+        self._ids = [str(point.id) for point in points]
+        self._texts, self._metadatas = [], []
+        for point in points:
+            text, metadata = _text_and_metadata(point.payload or {}, text_key)
+            if text is None:
+                keys = ", ".join(sorted(point.payload or {})) or "none"
+                wanted = f"'{text_key}'" if text_key else ", ".join(TEXT_KEYS)
+                raise RagDiagError(f"{self.path}#{collection}: point {point.id} has no text in its payload (looked for "
+                                   f"{wanted}; payload keys: {keys}); name the key with ?text=KEY")
+            self._texts.append(text)
+            self._metadatas.append(metadata)
+
+    # ----------------------------------------------------------------------------------- the protocol
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def texts(self) -> list[str]:
+        return list(self._texts)
+
+    def metadatas(self) -> list[dict[str, Any]]:
+        return [dict(metadata) for metadata in self._metadatas]
+
+    def vectors(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
+        with_vectors: bool | list[str] = True if self._vector_name is None else [self._vector_name]
+        for start in range(0, len(self._point_ids), batch_size):
+            chunk = self._point_ids[start : start + batch_size]
+            records = self._client.retrieve(self.collection, ids=chunk, with_payload=False, with_vectors=with_vectors)
+            found: dict[Any, Any] = {}
+            for record in records:
+                vector = record.vector
+                if isinstance(vector, dict):
+                    vector = vector.get(self._vector_name or "")
+                found[record.id] = vector
+            rows = []
+            for point_id in chunk:
+                vector = found.get(point_id)
+                if not isinstance(vector, list) or (vector and isinstance(vector[0], list)):
+                    raise RagDiagError(f"{self.path}#{self.collection}: point {point_id} has no dense vector"
+                                       + (f" '{self._vector_name}'" if self._vector_name else ""))
+                rows.append(vector)
+            yield np.asarray(rows, dtype=np.float32)
+
+    def faiss_index(self) -> None:
+        return None
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+            self._client = None
+
+
+def _text_and_metadata(payload: dict[str, Any], text_key: str | None) -> tuple[str | None, dict[str, Any]]:
+    """A point's text and metadata from its payload (see the module docstring)."""
+    rest = dict(payload)
+    text: str | None = None
+    for key in (text_key,) if text_key else TEXT_KEYS:
+        if isinstance(rest.get(key), str):
+            text = rest.pop(key)
+            break
+    if text is None and not text_key and isinstance(rest.get("_node_content"), str):
+        try:
+            node = json.loads(rest["_node_content"])
+        except ValueError:
+            node = None
+        if isinstance(node, dict) and isinstance(node.get("text"), str):
+            text = node["text"]
+    for key in LLAMA_INDEX_KEYS:
+        rest.pop(key, None)
+    nested = rest.get("metadata")
+    if isinstance(nested, dict):
+        del rest["metadata"]
+        rest = {**rest, **nested}
+    return text, rest

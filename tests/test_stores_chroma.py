@@ -1,0 +1,240 @@
+"""Chroma persistent folders (``chromadb.PersistentClient(path=FOLDER)``) read as a store under audit.
+
+The stores are built with ``chromadb`` itself, as a user would (embeddings given, no embedding function
+run). Fast tests use a few hand-made vectors (spaces, ids, URIs, refusals); the slow ones store the real
+default model's mean vectors of real licence notices (ScanCode LicenseDB, nexB, CC-BY-4.0) with one
+planted exact duplicate, and audit them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import faiss
+import numpy as np
+import pytest
+from test_index_helpers import LABELS, licence_rules
+
+from rag_diag.errors import RagDiagError
+from rag_diag.stores.protocol import StoreReader
+from rag_diag.stores.stored import open_reader, open_store
+
+PIN = "chromadb==1.5.9"
+HINT = f"needs chromadb: pip install {PIN}"
+COLLECTION = "licences"
+
+
+@pytest.fixture(scope="module")
+def chromadb():
+    """The ``chromadb`` module (the test is skipped, with the install command, when it is missing)."""
+    return pytest.importorskip("chromadb", reason=HINT)
+
+
+def build(folder, chromadb, vectors, *, ids, documents, metadatas=None, space="cosine", collection=COLLECTION,
+          legacy=False):
+    """A persistent collection written through the client in the given order (``legacy``: space in metadata)."""
+    client = chromadb.PersistentClient(path=str(folder))
+    if legacy:
+        target = client.create_collection(collection, metadata={"hnsw:space": space}, embedding_function=None)
+    else:
+        target = client.create_collection(collection, configuration={"hnsw": {"space": space}},
+                                          embedding_function=None)
+    target.add(ids=list(ids), embeddings=np.asarray(vectors, dtype=np.float32), documents=documents,
+               metadatas=metadatas)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------- fast
+
+
+@pytest.fixture
+def small():
+    """Five 4-d vectors with ids inserted out of order."""
+    vectors = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    ids = ["e", "b", "d", "a", "c"]
+    return vectors, ids, [f"text {i}" for i in ids]
+
+
+@pytest.mark.parametrize(("space", "metric", "legacy"), [
+    ("ip", faiss.METRIC_INNER_PRODUCT, False), ("l2", faiss.METRIC_L2, False), ("l2", faiss.METRIC_L2, True),
+    ("ip", faiss.METRIC_INNER_PRODUCT, True),
+])
+def test_rows_sorted_by_id_and_vectors_kept_as_stored(tmp_path, chromadb, small, space, metric, legacy):
+    vectors, ids, documents = small
+    metadatas = [{"label": f"l{i}"} if i != "b" else None for i in ids]
+    stored = open_store(build(tmp_path / "c", chromadb, vectors, ids=ids, documents=documents, metadatas=metadatas,
+                              space=space, legacy=legacy))
+    order = np.argsort(ids)
+    assert stored.kind == "chroma" and stored.doc_ids == ["a", "b", "c", "d", "e"]
+    assert stored.texts == ["text a", "text b", "text c", "text d", "text e"]
+    assert stored.metadatas == [{"label": "la"}, {}, {"label": "lc"}, {"label": "ld"}, {"label": "le"}]
+    assert stored.index.metric_type == metric and stored.index.ntotal == 5
+    np.testing.assert_array_equal(stored.vectors(np.arange(5)).astype(np.float32), vectors[order])
+
+
+def test_cosine_store_is_inner_product_on_unit_vectors(tmp_path, chromadb, small):
+    vectors, ids, documents = small
+    stored = open_store(build(tmp_path / "c", chromadb, vectors * 3.0, ids=ids, documents=documents))
+    got = stored.vectors(np.arange(5))
+    assert stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, unit[np.argsort(ids)], atol=1e-6)
+
+
+def test_default_space_is_l2(tmp_path, chromadb, small):
+    vectors, ids, documents = small
+    client = chromadb.PersistentClient(path=str(tmp_path / "c"))
+    client.create_collection(COLLECTION, embedding_function=None).add(ids=ids, embeddings=vectors, documents=documents)
+    assert open_store(tmp_path / "c").index.metric_type == faiss.METRIC_L2
+
+
+def test_collection_without_documents_is_refused(tmp_path, chromadb, small):
+    vectors, ids, _ = small
+    folder = build(tmp_path / "c", chromadb, vectors, ids=ids, documents=None)
+    with pytest.raises(RagDiagError, match="record 'a' has no document text") as error:
+        open_store(folder)
+    assert "\n" not in str(error.value)
+
+
+def test_uri_collection_choice_and_reader_protocol(tmp_path, chromadb, small, monkeypatch):
+    vectors, ids, documents = small
+    folder = build(tmp_path / "c", chromadb, vectors, ids=ids, documents=documents, space="ip")
+    build(folder, chromadb, vectors[:2] * 2, ids=["x", "y"], documents=["x", "y"], collection="other")
+    with pytest.raises(RagDiagError, match=r"2 Chroma collections \(licences, other\); choose one"):
+        open_store(folder)
+    with pytest.raises(RagDiagError, match="no Chroma collection 'nope'"):
+        open_store(f"chroma://{folder}#nope")
+    assert open_store(folder, collection="other").doc_ids == ["x", "y"]
+    assert open_store(f"chroma+path://{folder}#other").doc_ids == ["x", "y"]
+    monkeypatch.chdir(tmp_path)
+    reader = open_reader(f"chroma://c#{COLLECTION}")
+    try:
+        assert isinstance(reader, StoreReader)
+        assert (reader.kind, reader.collection, reader.dim, reader.distance, len(reader)) == (
+            "chroma", COLLECTION, 4, "dot", 5)
+        batches = list(reader.vectors(batch_size=2))
+        assert [len(b) for b in batches] == [2, 2, 1] and all(b.dtype == np.float32 for b in batches)
+        np.testing.assert_array_equal(np.concatenate(batches), vectors[np.argsort(ids)])
+    finally:
+        reader.close()
+
+
+def test_bad_uris(tmp_path):
+    with pytest.raises(RagDiagError, match="no such chroma store folder"):
+        open_store(f"chroma://{tmp_path / 'missing'}")
+    with pytest.raises(RagDiagError, match="not a Chroma persistent folder"):
+        open_store(f"chroma://{tmp_path}")
+    with pytest.raises(RagDiagError, match="unknown option"):
+        open_store(f"chroma://{tmp_path}?vector=x")
+    with pytest.raises(RagDiagError, match="lost a '/'"):
+        from pathlib import Path
+
+        open_store(Path(f"chroma://{tmp_path}"))
+    with pytest.raises(RagDiagError, match="--documents is only for a bare FAISS index file, not a chroma store"):
+        (tmp_path / "chroma.sqlite3").write_bytes(b"")
+        open_store(tmp_path, tmp_path / "docs.txt")
+
+
+def test_missing_library_is_one_line_with_pip_command(tmp_path, monkeypatch):
+    (tmp_path / "chroma.sqlite3").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "chromadb", None)  # import chromadb → ImportError
+    with pytest.raises(RagDiagError) as error:
+        open_store(tmp_path)
+    assert str(error.value) == f"reading a Chroma store needs the 'chromadb' package: pip install {PIN}"
+
+
+# ----------------------------------------------------------------------------------------------- slow
+
+
+@pytest.fixture(scope="module")
+def licences():
+    """(ids, texts, labels): real licence notices, three per label, then an exact copy of the first one."""
+    rules = licence_rules(LABELS, per_label=3)
+    items = [(rule_id, text, label) for label, found in rules.items() for rule_id, text in found]
+    items.append(("planted-copy", items[0][1], items[0][2]))
+    return [i for i, _, _ in items], [t for _, t, _ in items], [lab for _, _, lab in items]
+
+
+@pytest.fixture(scope="module")
+def real_store(licences, minilm, chromadb, tmp_path_factory):
+    """A cosine collection of the real model's mean vectors (as the model gives them, not normalised: Chroma
+    normalises for cosine itself), records added shuffled; and one of CLS vectors."""
+    from rag_diag.tokens.extract import encode_texts
+
+    doc_ids, texts, labels = licences
+    tokens = encode_texts(texts, model=minilm, ids=doc_ids)
+    means = tokens.means()
+    cls = np.stack([tokens.tokens(i)[0] for i in range(len(texts))])
+    order = np.random.default_rng(1).permutation(len(texts))
+    metadatas = [{"label": lab} for lab in labels]
+    folder, cls_folder = tmp_path_factory.mktemp("chroma") / "store", tmp_path_factory.mktemp("chroma") / "cls"
+    build(folder, chromadb, means[order], ids=[doc_ids[i] for i in order], documents=[texts[i] for i in order],
+          metadatas=[metadatas[i] for i in order])
+    build(cls_folder, chromadb, cls, ids=doc_ids, documents=texts, metadatas=metadatas)
+    return folder, cls_folder, means
+
+
+@pytest.mark.slow
+def test_real_store_round_trips(real_store, licences, chromadb):
+    folder, _, means = real_store
+    doc_ids, texts, labels = licences
+    rows = np.argsort(doc_ids)
+    stored = open_store(f"chroma://{folder}#{COLLECTION}")
+    assert len(doc_ids) >= 19 and stored.doc_ids == sorted(doc_ids)
+    assert stored.texts == [texts[r] for r in rows]
+    assert stored.metadatas == [{"label": labels[r]} for r in rows]
+    # the reader streams bit for bit what Chroma's own client returns (for a cosine space Chroma gives the
+    # means back to within float32 rounding, not bit for bit); the index holds them L2-normalised
+    reader = open_reader(folder)
+    try:
+        assert reader.distance == "cosine" and reader.ids() == stored.doc_ids
+        streamed = np.concatenate(list(reader.vectors(batch_size=7)))
+    finally:
+        reader.close()
+    held = chromadb.PersistentClient(path=str(folder)).get_collection(COLLECTION, embedding_function=None)
+    raw = held.get(ids=stored.doc_ids, include=["embeddings"])
+    by_id = dict(zip(raw["ids"], np.asarray(raw["embeddings"], dtype=np.float32), strict=True))
+    assert streamed.dtype == np.float32
+    np.testing.assert_array_equal(streamed, np.stack([by_id[d] for d in stored.doc_ids]))
+    np.testing.assert_allclose(streamed, means[rows], rtol=1e-6, atol=1e-7)
+    unit = means[rows].astype(np.float64) / np.linalg.norm(means[rows].astype(np.float64), axis=1, keepdims=True)
+    got = stored.vectors(np.arange(len(doc_ids)))
+    np.testing.assert_allclose(got, unit, atol=1e-6)
+    assert isinstance(stored.index, faiss.IndexFlat) and stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+@pytest.mark.slow
+def test_real_store_audit(real_store, licences, minilm):
+    from rag_diag.jobs.audit import audit_store
+
+    folder, _, _ = real_store
+    doc_ids, _, _ = licences
+    result = audit_store(open_store(folder), model=minilm, k=3, sample=10)
+    check = result.summary["model_check"]
+    assert check["passed"] and check["median_cos"] >= 0.99
+    assert result.summary["store_kind"] == "chroma" and result.summary["n_documents"] == len(doc_ids)
+    clusters = [set(members) for members in result.clusters["doc_ids"].to_list()]
+    assert any({doc_ids[0], "planted-copy"} <= members for members in clusters), clusters
+
+
+@pytest.mark.slow
+def test_store_of_cls_vectors_is_refused(real_store, minilm):
+    from rag_diag.jobs.audit import audit_store
+
+    _, cls_folder, _ = real_store
+    with pytest.raises(RagDiagError, match="does not reproduce the stored vectors") as error:
+        audit_store(open_store(cls_folder), model=minilm, k=3, sample=10)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_cli_refuses_cls_store_by_uri(real_store, tmp_path, capsys):
+    from rag_diag.cli import main
+
+    _, cls_folder, _ = real_store
+    status = main(["audit", "--store", f"chroma://{cls_folder}#{COLLECTION}", "--out", str(tmp_path / "audit"),
+                   "--sample", "10"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "does not reproduce the stored vectors" in err[0], err
+    assert not (tmp_path / "audit").exists()

@@ -8,3 +8,7 @@ class RagDiagError(Exception):
 
     The message is a single actionable line; the CLI prints ``error: <message>`` and exits 2.
     """
+
+    def __init__(self, message: str) -> None:
+        # Data quoted into a message (an id with a newline, say) must not break the one-line promise.
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))

@@ -93,6 +93,7 @@ def written(audited, tmp_path_factory):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # a whole audit: BM25, fusion, re-rankers, windows (ranx compiles its kernels)
 def test_audit_reports_every_document(audited, mock_store, written):
     table = pl.read_parquet(written / "documents.parquet")
     assert table["doc_id"].to_list() == mock_store.doc_ids
@@ -113,6 +114,7 @@ def test_audit_reports_every_document(audited, mock_store, written):
     assert "Hubness" in (written / "report.html").read_text()
 
 
+@pytest.mark.slow  # a whole audit: BM25, fusion, re-rankers, windows (ranx compiles its kernels)
 def test_verdict_is_the_one_the_queries_were_built_for(audited):
     diagnosis = audited.diagnosis
     failed = set(diagnosis.failures["query_id"].to_list())
@@ -123,12 +125,14 @@ def test_verdict_is_the_one_the_queries_were_built_for(audited):
     assert audited.summary["verdicts"]["mean_pooling"] == "at risk"
 
 
+@pytest.mark.slow  # a whole audit: BM25, fusion, re-rankers, windows (ranx compiles its kernels)
 def test_audit_numbers_agree_with_evaluation(audited, written):
     metrics = json.loads((written / "eval" / "metrics.json").read_text())
     assert audited.summary["evaluation"]["metrics"] == metrics["metrics"]["mean"]
     assert metrics["metrics"]["mean"]["P@1"] == 1 - MISJUDGED / N_QUERIES
 
 
+@pytest.mark.slow  # a whole audit: BM25, fusion, re-rankers, windows (ranx compiles its kernels)
 def test_cluster_table_matches_documents(audited, written):
     clusters = pl.read_parquet(written / "clusters.parquet")
     documents = audited.documents.filter(pl.col("cluster_id").is_not_null())
@@ -140,6 +144,7 @@ def test_cluster_table_matches_documents(audited, written):
     assert ids[0] is not None and ids[0] == ids[1]  # the one-word variants are near-duplicates
 
 
+@pytest.mark.slow  # a whole audit: BM25, fusion, re-rankers, windows (ranx compiles its kernels)
 def test_probe_mode_without_queries(mock_store, mock_encoder):
     result = audit_store(mock_store, model=mock_encoder, k=K, sample=10)
     assert result.summary["evaluation"]["queries"] == "probes"

@@ -28,6 +28,7 @@ def _labels(meta: list[dict]) -> list[str]:
     return [m["label"] for m in meta]
 
 
+@pytest.mark.slow  # builds the whole licences corpus
 def test_licenses_qrels_and_labels_are_consistent(licenses_dir):
     corpus, queries, qrels = load_beir(licenses_dir)  # validates every qrel against queries and corpus
     doc_label = dict(zip(corpus.ids, _labels(corpus.metadata), strict=True))
@@ -41,6 +42,7 @@ def test_licenses_qrels_and_labels_are_consistent(licenses_dir):
     assert dict(labels.filter(pl.col("role") == "doc").select("id", "label").iter_rows()) == doc_label
 
 
+@pytest.mark.slow  # builds the whole licences corpus
 def test_licenses_near_duplicates_are_labelled_truthfully(licenses_dir):
     corpus = load_corpus(licenses_dir)
     doc_label = dict(zip(corpus.ids, _labels(corpus.metadata), strict=True))
@@ -51,6 +53,7 @@ def test_licenses_near_duplicates_are_labelled_truthfully(licenses_dir):
         assert doc_a < doc_b and same == (doc_label[doc_a] == doc_label[doc_b])
 
 
+@pytest.mark.slow  # builds the whole licences corpus
 def test_licenses_manifest_and_attribution(licenses_dir):
     manifest = json.loads((licenses_dir / "manifest.json").read_text())
     assert manifest["source"] == {"package": "licensedcode-data", "version": "32.1.0",
@@ -61,6 +64,7 @@ def test_licenses_manifest_and_attribution(licenses_dir):
     assert "ScanCode LicenseDB, nexB, CC-BY-4.0" in (licenses_dir / "ATTRIBUTION").read_text()
 
 
+@pytest.mark.slow  # builds the whole licences corpus
 def test_licenses_build_is_byte_identical(licenses_dir, tmp_path):
     again = tmp_path / "again"
     assert main(["corpora", "build", "licenses", "--out", str(again), "--seed", "0"]) == 0
@@ -70,6 +74,7 @@ def test_licenses_build_is_byte_identical(licenses_dir, tmp_path):
         assert (licenses_dir / name).read_bytes() == (again / name).read_bytes(), name
 
 
+@pytest.mark.slow  # builds the whole licences corpus
 def test_licenses_seed_changes_the_split(tmp_path):
     manifest = build_corpus("licenses", tmp_path / "s1", 400, seed=1)
     assert manifest["counts"]["documents"] + manifest["counts"]["queries"] == 400

@@ -27,23 +27,29 @@ def evaluate_command(
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine weight in blend/hybrid.")] = 0.5,
     keep_special: Annotated[bool, typer.Option(help="Keep [CLS]/[SEP] tokens in MaxSim.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    lexical: Annotated[bool, typer.Option(help="Add BM25 and BM25+mean fusion (needs the index's corpus).")] = False,
+    windowed: Annotated[bool, typer.Option(help="Add windowed encoding of long documents (same).")] = False,
     force: Force = False,
 ) -> Any:
     """Run the queries against every strategy (and re-ranker), and write metrics, runs and per-query rows."""
-    from rag_diag.corpora.io import load_qrels, load_queries
+    from rag_diag.corpora.io import load_corpus, load_qrels, load_queries
+    from rag_diag.errors import RagDiagError
     from rag_diag.evaluation.evaluate import evaluate_bundle
     from rag_diag.evaluation.result import KIND
     from rag_diag.retrieval.bundle import IndexBundle
     from rag_diag.retrieval.rerank import RerankConfig
 
     bundle = IndexBundle.open(index)
+    if (lexical or windowed) and not bundle.manifest.get("corpus"):
+        raise RagDiagError(f"{index}: the index records no corpus file; --lexical and --windowed need its texts")
+    corpus = load_corpus(bundle.manifest["corpus"]) if lexical or windowed else None
     loaded_queries = load_queries(queries)
     loaded_qrels = load_qrels(qrels, loaded_queries)
     check_out(out, KIND, force)
     config = RerankConfig(depth=rerank_depth, alpha=alpha, drop_special=not keep_special)
     result = evaluate_bundle(
         bundle, loaded_queries, loaded_qrels, k=k, rerankers=rerank, model=model,
-        config=config, device=device, command=recorded(context),
+        config=config, device=device, command=recorded(context), corpus=corpus, lexical=lexical, windowed=windowed,
     ).write(out, force=force)
     table = Table("strategy", "P@1", "MRR@10", "nDCG@10", "R@100", "vs mean (P@1)")
     for name, values in result.metrics.items():

@@ -278,8 +278,9 @@ def evaluate_bundle(
     runs = collect_runs(bundle, query_store, names, depth, config, device)
     costs = {}
     if lexical or windowed:
-        if corpus is None or corpus.ids != bundle.doc_ids:
-            raise RagDiagError("lexical and windowed candidates need the bundle's corpus, in index order")
+        if corpus is None or corpus.ids != bundle.doc_ids or corpus.content_hash() != bundle.manifest.get(
+                "corpus_sha256", corpus.content_hash()):
+            raise RagDiagError("lexical and windowed candidates need the bundle's own corpus (same texts, index order)")
         doc_store = bundle.tokens if bundle.tokens is not None or bundle.token_store_path is None \
             else bundle.token_store()
         extra = extra_runs(corpus, queries, query_store, encoder, runs.get(BASELINE), depth, doc_store,

@@ -26,7 +26,7 @@ import numpy as np
 
 from rag_diag import atomic
 from rag_diag.errors import RagDiagError
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, missing_library
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, missing_library
 
 KIND = "chroma"
 PIN = "chromadb==1.5.9"
@@ -53,7 +53,7 @@ def _space(configuration: dict[str, Any] | None, metadata: dict[str, Any] | None
     return str((metadata or {}).get("hnsw:space", "l2"))
 
 
-class ChromaReader:
+class ChromaReader(RowsInMemory):
     """One collection of a Chroma persistent folder, rows sorted by id."""
 
     kind = KIND
@@ -128,18 +128,6 @@ class ChromaReader:
         if first is None or len(first) != 1:
             raise RagDiagError(f"{self.path}#{collection}: record '{self._ids[0]}' has no embedding")
         self.dim: int = int(np.asarray(first[0]).shape[0])
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> list[str]:
-        return list(self._ids)
-
-    def texts(self) -> list[str]:
-        return list(self._texts)
-
-    def metadatas(self) -> list[dict[str, Any]]:
-        return [dict(metadata) for metadata in self._metadatas]
 
     def vectors(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
         step = max(1, min(batch_size, self._batch))

@@ -131,3 +131,26 @@ def exact_index(reader: StoreReader, batch_size: int = BATCH_SIZE) -> faiss.Inde
 def missing_library(package: str, pin: str, what: str) -> RagDiagError:
     """The one-line error for a store whose client library is not installed."""
     return RagDiagError(f"reading a {what} needs the '{package}' package: pip install {pin}")
+
+
+class RowsInMemory:
+    """The row accessors of a reader that holds its ids, texts and metadata in lists (filled by ``__init__``)."""
+
+    _ids: list[str]
+    _texts: list[str]
+    _metadatas: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        """Document ids by row."""
+        return list(self._ids)
+
+    def texts(self) -> list[str]:
+        """Document texts by row."""
+        return list(self._texts)
+
+    def metadatas(self) -> list[dict[str, Any]]:
+        """Document metadata by row (copies)."""
+        return [dict(metadata) for metadata in self._metadatas]

@@ -25,7 +25,7 @@ import numpy as np
 
 from rag_diag import atomic
 from rag_diag.errors import RagDiagError
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, missing_library
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, missing_library
 
 KIND = "qdrant"
 PIN = "qdrant-client==1.20.0"
@@ -49,7 +49,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class QdrantReader:
+class QdrantReader(RowsInMemory):
     """One collection of a Qdrant local-mode folder, rows sorted by point id."""
 
     kind = KIND
@@ -144,18 +144,6 @@ class QdrantReader:
             self._metadatas.append(metadata)
 
     # ----------------------------------------------------------------------------------- the protocol
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> list[str]:
-        return list(self._ids)
-
-    def texts(self) -> list[str]:
-        return list(self._texts)
-
-    def metadatas(self) -> list[dict[str, Any]]:
-        return [dict(metadata) for metadata in self._metadatas]
 
     def vectors(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
         with_vectors: bool | list[str] = True if self._vector_name is None else [self._vector_name]

@@ -42,7 +42,7 @@ import numpy as np
 
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, StoreReader, exact_index
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, StoreReader, exact_index
 
 SCHEMES = {"qdrant+path": "qdrant", "chroma": "chroma", "chroma+path": "chroma", "langchain": "langchain",
            "faiss": "faiss"}
@@ -77,7 +77,7 @@ class StoredIndex:
             raise RagDiagError(f"cannot read vectors back from a {name}: the model cannot be checked") from None
 
 
-class FaissReader:
+class FaissReader(RowsInMemory):
     """A FAISS index with its documents by row (a LangChain store or a bare index) as a StoreReader."""
 
     collection = None
@@ -96,18 +96,6 @@ class FaissReader:
         if self._index.metric_type == faiss.METRIC_L2:
             return "l2"
         raise RagDiagError(f"{self.path}: FAISS metric {self._index.metric_type} is neither inner product nor L2")
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> list[str]:
-        return self._ids
-
-    def texts(self) -> list[str]:
-        return self._texts
-
-    def metadatas(self) -> list[dict[str, Any]]:
-        return self._metadatas
 
     def vectors(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
         stored = StoredIndex(self.path, self.kind, self._index, self._ids, self._texts, self._metadatas)

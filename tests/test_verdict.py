@@ -254,7 +254,7 @@ def test_inverse_association_is_named_as_such():
     assert summary["high_socm_null"]["n_high"] == 0 and summary["high_socm_null"]["p_value"] == 1.0
     verdict = summary["verdict"]
     assert verdict["collapse_implicated"] is False and verdict["label"] == "at risk"
-    assert "*low* collapse" in verdict["summary"]
+    assert "go with low collapse" in verdict["summary"]
     assert any("inverse association" in line for line in verdict["evidence"])
 
 

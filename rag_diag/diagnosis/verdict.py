@@ -140,7 +140,7 @@ def direction_sentence(auroc: dict[str, Any]) -> str:
         return f"{numbers}: documents with higher collapse rates fail more often"
     if auroc["direction"] == "inverse":
         return (f"{numbers}: an inverse association — the relevant documents of failing queries have "
-                "*lower* collapse rates, i.e. they coincide with their neighbours in both moments, "
+                "lower collapse rates, i.e. they coincide with their neighbours in both moments, "
                 "which no pooling of this encoder separates")
     return f"{numbers}: no association either way"
 
@@ -166,7 +166,7 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
     elif implicated:
         text = "failures track second-order collapse: second-order scoring is the candidate fix."
     elif summary["collapse"]["auroc"]["direction"] == "inverse":
-        text = ("failures are frequent and go with *low* collapse: the confusers share the relevant "
+        text = ("failures are frequent and go with low collapse: the confusers share the relevant "
                 "document's mean and token spread, so the failure taxonomy below says what separates them.")
     else:
         text = "failures are frequent and not explained by second-order collapse; see the failure taxonomy."

@@ -12,7 +12,7 @@ from pathlib import Path
 from rag_diag.diagnosis.answer import answer
 from rag_diag.jobs.audit import AuditResult
 from rag_diag.jobs.choose import Choice
-from rag_diag.report import Headline, ReportData, render_report
+from rag_diag.report import ReportData, render_report
 from rag_diag.report.audit import audit_report
 from rag_diag.report.choose import choose_report
 
@@ -22,7 +22,7 @@ def merge_reports(audit: ReportData, choice: ReportData, title: str, commands: l
     recommended = [h for h in choice.headline if h.label in ("recommended", f"{choice.delta_metric} gain over mean")]
     return ReportData(
         title=title,
-        headline=[*audit.headline, *(Headline(f"pooling {h.label}", h.value, h.note) for h in recommended)],
+        headline=[*audit.headline, *recommended],
         verdict=audit.verdict,
         strategies=choice.strategies,
         delta_metric=choice.delta_metric,

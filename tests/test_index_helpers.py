@@ -96,3 +96,11 @@ def test_licence_beir_is_well_formed(licence_beir):
     assert len(corpus) == 10 * len(LABELS)
     assert len(queries) == 3 * len(LABELS)
     assert all(len(qrels.relevant(query_id)) == 10 for query_id in queries.ids)
+
+
+def planted_licences() -> tuple[list[str], list[str], list[str]]:
+    """(ids, texts, labels): real licence notices, three per label, then an exact copy of the first one."""
+    rules = licence_rules(LABELS, per_label=3)
+    items = [(rule_id, text, label) for label, found in rules.items() for rule_id, text in found]
+    items.append(("planted-copy", items[0][1], items[0][2]))
+    return [i for i, _, _ in items], [t for _, t, _ in items], [lab for _, _, lab in items]

@@ -13,7 +13,7 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from test_index_helpers import LABELS, licence_rules
+from test_index_helpers import planted_licences
 
 from rag_diag.errors import RagDiagError
 from rag_diag.stores.protocol import StoreReader
@@ -149,11 +149,7 @@ def test_missing_library_is_one_line_with_pip_command(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def licences():
-    """(ids, texts, labels): real licence notices, three per label, then an exact copy of the first one."""
-    rules = licence_rules(LABELS, per_label=3)
-    items = [(rule_id, text, label) for label, found in rules.items() for rule_id, text in found]
-    items.append(("planted-copy", items[0][1], items[0][2]))
-    return [i for i, _, _ in items], [t for _, t, _ in items], [lab for _, _, lab in items]
+    return planted_licences()
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_demo_pipeline_end_to_end_on_a_small_licence_base(tmp_path, monkeypatch)
     path = tmp_path / "demo.toml"
     path.write_text(demo)
     records = run_pipeline(path, echo=lambda line: None)
-    assert [r["kind"] for r in records] == ["build-corpus", "langchain-store", "audit", "choose-pooling",
+    assert [r["kind"] for r in records] == ["build-corpus", "build-store", "audit", "choose-pooling",
                                             "demo-report"]
     out = tmp_path / "out"
     for name in ("report.html", "summary.md", "audit/audit.json", "choose/recommendation.json",

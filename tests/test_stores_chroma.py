@@ -234,3 +234,25 @@ def test_cli_refuses_cls_store_by_uri(real_store, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "does not reproduce the stored vectors" in err[0], err
     assert not (tmp_path / "audit").exists()
+
+
+@pytest.mark.slow
+def test_cli_builds_a_chroma_store_that_the_audit_finds_by_its_folder(tmp_path, chromadb, licences, capsys):
+    """What ``store_kind = "chroma"`` in pipelines/demo.toml runs: build with the CLI, audit the folder."""
+    import json
+
+    from rag_diag.cli import main
+    from rag_diag.corpora.io import Corpus
+    from rag_diag.corpora.writers import write_corpus_jsonl
+
+    doc_ids, texts, _ = licences
+    write_corpus_jsonl(tmp_path / "kb" / "corpus.jsonl", Corpus(ids=doc_ids, texts=texts))
+    assert main(["store", "build", "--corpus", str(tmp_path / "kb"), "--out", str(tmp_path / "store"),
+                 "--store-kind", "chroma"]) == 0
+    assert (tmp_path / "store" / "chroma.sqlite3").is_file()
+    assert main(["audit", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "audit"), "--k", "3",
+                 "--sample", "10"]) == 0
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert audit["store_kind"] == "chroma" and audit["n_documents"] == len(doc_ids)
+    assert audit["model_check"]["median_cos"] >= 0.99  # the store holds this model's normalised means
+    assert audit["near_duplicates"]["n_clusters"] >= 1  # the planted copy

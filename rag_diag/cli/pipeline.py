@@ -26,7 +26,7 @@ from rag_diag.errors import RagDiagError
 
 STEPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "build-corpus": (("corpora", "build"), ("name",)),
-    "langchain-store": (("store", "build"), ()),
+    "build-store": (("store", "build"), ()),
     "encode": (("encode",), ()),
     "index": (("index",), ()),
     "evaluate": (("evaluate",), ()),

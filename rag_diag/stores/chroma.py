@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rag_diag import atomic
+from rag_diag.corpora.io import Corpus
 from rag_diag.errors import RagDiagError
 from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, missing_library
 
@@ -151,3 +152,30 @@ class ChromaReader(RowsInMemory):
             if close is not None:
                 close()
             self._client = None
+
+
+def build_chroma_store(corpus: Corpus, vectors: np.ndarray, out: str | Path, collection: str = "rag-diag") -> Path:
+    """A persistent Chroma collection (cosine space) of ``corpus`` with the given vectors, written atomically.
+
+    Ids are the corpus ids, documents its texts, metadata its metadata; records are added in batches no
+    larger than the client allows. Nothing is embedded by Chroma (no embedding function is attached).
+    """
+    try:
+        import chromadb
+    except ImportError:
+        raise missing_library("chromadb", PIN, "Chroma store") from None
+    with atomic.atomic_dir(out, kind="chroma-store") as tmp:
+        client = chromadb.PersistentClient(path=str(tmp))
+        target = client.create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
+                                          embedding_function=None)
+        step = int(client.get_max_batch_size())
+        metadata = corpus.metadata or [{} for _ in corpus.ids]
+        for start in range(0, len(corpus), step):
+            stop = min(start + step, len(corpus))
+            target.add(ids=corpus.ids[start:stop], documents=corpus.texts[start:stop],
+                       embeddings=np.asarray(vectors[start:stop], dtype=np.float32),
+                       metadatas=[dict(m) or None for m in metadata[start:stop]])  # type: ignore[misc]
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+    return Path(out)

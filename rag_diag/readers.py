@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from rag_diag.errors import RagDiagError
+from rag_diag.errors import RagDiagError, first_line
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def read_parquet(path: Path, columns: tuple[str, ...]) -> pl.DataFrame:
     try:
         frame = pl.read_parquet(path)
     except (OSError, pl.exceptions.PolarsError) as exc:
-        raise RagDiagError(f"{path}: unreadable parquet ({str(exc).splitlines()[0]})") from None
+        raise RagDiagError(f"{path}: unreadable parquet ({first_line(exc)})") from None
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise RagDiagError(f"{path}: missing columns {', '.join(missing)}")

@@ -82,3 +82,11 @@ def mock_store(tmp_path_factory):
     from rag_diag.tokens.extract import encode_texts
 
     return encode_texts(TINY_TEXTS, model=MockEncoder(), out=tmp_path_factory.mktemp("mock") / "store", cache=False)
+
+
+@pytest.fixture(scope="session")
+def licences():
+    """(ids, texts, labels): real licence notices, three per label, and a planted exact copy (store tests)."""
+    from test_index_helpers import planted_licences
+
+    return planted_licences()

@@ -13,7 +13,6 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from test_index_helpers import planted_licences
 
 from rag_diag.errors import RagDiagError
 from rag_diag.stores.protocol import StoreReader
@@ -145,11 +144,6 @@ def test_missing_library_is_one_line_with_pip_command(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- slow
-
-
-@pytest.fixture(scope="module")
-def licences():
-    return planted_licences()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rag_diag import atomic
-from rag_diag.errors import RagDiagError
+from rag_diag.errors import RagDiagError, first_line
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -330,8 +330,7 @@ def read_corpus_table(path: str | Path) -> Corpus:
     try:
         frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RagDiagError(f"{path}: cannot read the table ({first})") from None
+        raise RagDiagError(f"{path}: cannot read the table ({first_line(exc)})") from None
     id_column = next((c for c in ("_id", "id") if c in frame.columns), None)
     if id_column is None or "text" not in frame.columns:
         raise RagDiagError(f"{path}: a corpus table needs an '_id' (or 'id') and a 'text' column")

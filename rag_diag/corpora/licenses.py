@@ -37,7 +37,7 @@ import numpy as np
 from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, Qrels, Queries
 from rag_diag.corpora.writers import write_beir
-from rag_diag.errors import RagDiagError
+from rag_diag.errors import RagDiagError, first_line
 
 PACKAGE = "licensedcode-data"
 MIN_WORDS = 8
@@ -101,7 +101,7 @@ def parse_rule(path: Path) -> tuple[dict[str, Any], str]:
     try:
         meta = yaml.load(front, Loader=loader) or {}
     except yaml.YAMLError as exc:
-        raise RagDiagError(f"{path}: bad YAML front matter ({str(exc).splitlines()[0]})") from None
+        raise RagDiagError(f"{path}: bad YAML front matter ({first_line(exc)})") from None
     return meta, " ".join(text.split())
 
 

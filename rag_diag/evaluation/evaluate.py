@@ -208,8 +208,8 @@ def collect_runs(
     return runs
 
 
-def score_runs(runs: dict[str, Run], qrels: Qrels, k: int) -> tuple[dict, dict, pl.DataFrame]:
-    """(mean metrics, significance vs mean, per-query table) for a set of runs on the same queries."""
+def score_runs(runs: dict[str, Run], qrels: Qrels, k: int) -> tuple[dict, dict, pl.DataFrame, dict]:
+    """(mean metrics, significance vs mean, per-query table, per-query metric values) for runs on the same queries."""
     per_query = {name: ranx_per_query(qrels, run, name, k) for name, run in runs.items()}
     metrics = {
         name: {
@@ -220,7 +220,7 @@ def score_runs(runs: dict[str, Run], qrels: Qrels, k: int) -> tuple[dict, dict, 
     }
     significance = compare_to_baseline(per_query, BASELINE) if BASELINE in runs else {}
     rows = [row for name, run in runs.items() for row in per_query_rows(name, run, qrels)]
-    return metrics, significance, pl.DataFrame(rows, schema=PER_QUERY_SCHEMA)
+    return metrics, significance, pl.DataFrame(rows, schema=PER_QUERY_SCHEMA), per_query
 
 
 def query_encoder(bundle: IndexBundle, model: str | Encoder | None, device: str) -> Encoder:
@@ -287,7 +287,7 @@ def evaluate_bundle(
                            lexical=lexical, windowed=windowed)
         runs |= extra.runs
         costs = {"index_bytes": extra.index_bytes, "latency_ms": extra.latency_ms}
-    metrics, significance, table = score_runs(runs, qrels, k)
+    metrics, significance, table, scores = score_runs(runs, qrels, k)
     manifest = {
         "metrics": metrics,
         "significance": significance,
@@ -302,4 +302,4 @@ def evaluate_bundle(
         "extra_costs": costs,
         "command": command,
     }
-    return EvalResult(manifest=manifest, per_query=table, runs=runs, qrels=qrels)
+    return EvalResult(manifest=manifest, per_query=table, runs=runs, qrels=qrels, scores=scores)

@@ -8,7 +8,7 @@ k, model identity, index, corpus path and hash, re-rank settings, the command), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ class EvalResult:
     runs: dict[str, Run]
     qrels: Qrels
     path: Path | None = None
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Per-query values of every metric by run, in the runs' query order (in memory only, not written)."""
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:

@@ -196,13 +196,6 @@ def measure_costs(bundle: IndexBundle, query_store: Any, rerankers: list[str],
     return costs
 
 
-def _per_query(evaluation: EvalResult, query_ids: list[str], k: int) -> dict[str, dict[str, np.ndarray]]:
-    from rag_diag.evaluation.evaluate import ranx_per_query
-
-    return {name: ranx_per_query(evaluation.qrels, {q: run[q] for q in query_ids}, name, k)
-            for name, run in evaluation.runs.items()}
-
-
 def cross_validate_families(per_query: dict[str, dict[str, np.ndarray]], query_ids: list[str], groups: np.ndarray,
                             seed: int) -> tuple[dict[str, CrossValResult], CrossValResult]:
     """Per family: parameters tuned in-fold; and the whole selection over every configuration (mean listed first)."""
@@ -320,7 +313,9 @@ def choose_pooling(
     if len(judged_queries) < FOLDS:
         raise RagDiagError(f"{len(judged_queries)} judged queries: cross-validation needs at least {FOLDS}")
     query_ids = list(judged_queries.ids)
-    per_query = _per_query(evaluation, query_ids, k)
+    if any(list(run) != query_ids for run in evaluation.runs.values()):
+        raise RagDiagError("internal: a run does not list the judged queries in order")
+    per_query = evaluation.scores  # per-query metrics of every run, in that same order
     by_family, overall = cross_validate_families(per_query, query_ids, query_groups(query_ids, qrels), seed)
     timed = Queries(ids=judged_queries.ids[:LATENCY_QUERIES], texts=judged_queries.texts[:LATENCY_QUERIES])
     costs = measure_costs(bundle, encode_queries(bundle, timed, model, "cpu"), reranks,

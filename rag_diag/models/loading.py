@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from rag_diag.devices import resolve_device
-from rag_diag.errors import RagDiagError
+from rag_diag.errors import RagDiagError, first_line
 from rag_diag.models.protocol import Tokenized
 from rag_diag.models.registry import (
     DEFAULT_MODEL,
@@ -209,8 +209,7 @@ def _load_user_model(model: str, device: str, max_seq_length: int | None) -> Tra
     try:
         return _load_user_model_unchecked(model, device, max_seq_length)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # broken folders fail in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RagDiagError(f"{model}: cannot load the model ({first})") from None
+        raise RagDiagError(f"{model}: cannot load the model ({first_line(exc)})") from None
 
 
 def _load_user_model_unchecked(model: str, device: str, max_seq_length: int | None) -> TransformerEncoder:

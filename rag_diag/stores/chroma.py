@@ -26,8 +26,8 @@ import numpy as np
 
 from rag_diag import atomic
 from rag_diag.corpora.io import Corpus
-from rag_diag.errors import RagDiagError
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, missing_library
+from rag_diag.errors import RagDiagError, first_line
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, choose_collection, missing_library
 
 KIND = "chroma"
 PIN = "chromadb==1.5.9"
@@ -38,11 +38,6 @@ SPACES: dict[str, Distance] = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
 def is_chroma_folder(path: Path) -> bool:
     """A Chroma persistent folder: it holds ``chroma.sqlite3``."""
     return (path / SQLITE).is_file()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _space(configuration: dict[str, Any] | None, metadata: dict[str, Any] | None) -> str:
@@ -72,7 +67,7 @@ class ChromaReader(RowsInMemory):
             # Default settings: an in-process client of the same folder with other settings would be refused.
             self._client: Any = chromadb.PersistentClient(path=str(self.path))
         except Exception as exc:  # a corrupt or newer-format database can fail in any way
-            raise RagDiagError(f"{self.path}: unreadable Chroma folder ({_first_line(exc)})") from None
+            raise RagDiagError(f"{self.path}: unreadable Chroma folder ({first_line(exc)})") from None
         try:
             self._read(collection)
         except RagDiagError:
@@ -80,19 +75,11 @@ class ChromaReader(RowsInMemory):
             raise
         except Exception as exc:
             self.close()
-            raise RagDiagError(f"{self.path}: unreadable Chroma collection ({_first_line(exc)})") from None
+            raise RagDiagError(f"{self.path}: unreadable Chroma collection ({first_line(exc)})") from None
 
     def _read(self, collection: str | None) -> None:
         names = sorted(str(getattr(c, "name", c)) for c in self._client.list_collections())
-        if collection is None:
-            if len(names) != 1:
-                listed = ", ".join(names) or "none"
-                raise RagDiagError(f"{self.path}: {len(names)} Chroma collections ({listed}); choose one with "
-                                   "--collection or chroma://FOLDER#COLLECTION")
-            collection = names[0]
-        elif collection not in names:
-            found = ", ".join(names) or "none"
-            raise RagDiagError(f"{self.path}: no Chroma collection '{collection}' (found: {found})")
+        collection = choose_collection(self.path, "Chroma", names, collection, "chroma://FOLDER#COLLECTION")
         self.collection: str | None = collection
         self._collection = self._client.get_collection(collection, embedding_function=None)  # type: ignore[arg-type]
         configuration = getattr(self._collection, "configuration_json", None)

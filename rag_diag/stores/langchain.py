@@ -19,7 +19,7 @@ import faiss
 
 from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, load_corpus
-from rag_diag.errors import RagDiagError
+from rag_diag.errors import RagDiagError, first_line
 from rag_diag.models.loading import load_encoder
 from rag_diag.stores.safe_pickle import RefusedGlobal, safe_loads
 
@@ -56,11 +56,6 @@ def load_langchain_store(
     whose metadata holds other types.
     """
 
-    def _first_line(exc: BaseException) -> str:
-        """The first line of an error's message (or its type name), so that errors stay one line."""
-        text = str(exc).strip()
-        return text.splitlines()[0] if text else type(exc).__name__
-
     path = Path(path)
     if not (path / "index.faiss").is_file() or not (path / "index.pkl").is_file():
         raise RagDiagError(f"{path}: not a LangChain FAISS store (needs index.faiss and index.pkl)")
@@ -68,7 +63,7 @@ def load_langchain_store(
     try:
         index = faiss.read_index(str(path / "index.faiss"))
     except (RuntimeError, ValueError) as exc:
-        raise RagDiagError(f"{path}: corrupt LangChain store ({_first_line(exc)})") from None
+        raise RagDiagError(f"{path}: corrupt LangChain store ({first_line(exc)})") from None
     data = (path / "index.pkl").read_bytes()
     try:
         payload = pickle.loads(data) if trust_store else safe_loads(data)
@@ -78,7 +73,7 @@ def load_langchain_store(
             "only if you made this store yourself, pass --trust-store"
         ) from None
     except Exception as exc:  # a corrupt pickle can fail in any way; none of them is a rag-diag bug
-        raise RagDiagError(f"{path}: corrupt LangChain store ({_first_line(exc)})") from None
+        raise RagDiagError(f"{path}: corrupt LangChain store ({first_line(exc)})") from None
     if not isinstance(payload, tuple | list) or len(payload) != 2 or not isinstance(payload[1], dict):
         raise RagDiagError(f"{path}: index.pkl is not a (docstore, index_to_docstore_id) pair")
     docstore, index_to_docstore_id = payload
@@ -90,7 +85,7 @@ def load_langchain_store(
     try:
         documents = [docstore.search(doc_id) for doc_id in doc_ids]
     except Exception as exc:  # a docstore from a pickle may be any object
-        raise RagDiagError(f"{path}: unreadable docstore ({_first_line(exc)})") from None
+        raise RagDiagError(f"{path}: unreadable docstore ({first_line(exc)})") from None
     missing = [doc_id for doc_id, doc in zip(doc_ids, documents, strict=True) if isinstance(doc, str)]
     if missing:
         raise RagDiagError(f"{path}: docstore lacks {len(missing)} ids, e.g. '{missing[0]}'")

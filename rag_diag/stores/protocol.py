@@ -128,6 +128,27 @@ def exact_index(reader: StoreReader, batch_size: int = BATCH_SIZE) -> faiss.Inde
     return index
 
 
+def choose_collection(where: object, what: str, names: list[str], wanted: str | None, uri: str) -> str:
+    """The collection to read: ``wanted`` if the store has it, else the only one; otherwise a one-line error.
+
+    Args:
+        where: the store folder (for the message).
+        what: the store's name in messages ("Qdrant", "Chroma").
+        names: the collections the store holds.
+        wanted: the collection asked for (``--collection`` or the URI fragment), or None.
+        uri: the URI form that names a collection, for the hint.
+    """
+    if wanted is None:
+        if len(names) != 1:
+            listed = ", ".join(names) or "none"
+            raise RagDiagError(f"{where}: {len(names)} {what} collections ({listed}); choose one with "
+                               f"--collection or {uri}")
+        return names[0]
+    if wanted not in names:
+        raise RagDiagError(f"{where}: no {what} collection '{wanted}' (found: {', '.join(names) or 'none'})")
+    return wanted
+
+
 def missing_library(package: str, pin: str, what: str) -> RagDiagError:
     """The one-line error for a store whose client library is not installed."""
     return RagDiagError(f"reading a {what} needs the '{package}' package: pip install {pin}")

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from rag_diag import atomic
-from rag_diag.errors import RagDiagError
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, missing_library
+from rag_diag.errors import RagDiagError, first_line
+from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, choose_collection, missing_library
 
 KIND = "qdrant"
 PIN = "qdrant-client==1.20.0"
@@ -42,11 +42,6 @@ def is_qdrant_folder(path: Path) -> bool:
 
 def _id_key(point_id: int | str) -> tuple[int, int, str]:
     return (0, point_id, "") if isinstance(point_id, int) else (1, 0, str(point_id))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class QdrantReader(RowsInMemory):
@@ -69,9 +64,9 @@ class QdrantReader(RowsInMemory):
         try:
             self._client: Any = QdrantClient(path=str(self.path))
         except RuntimeError as exc:  # the folder lock, held by another client
-            raise RagDiagError(f"{self.path}: cannot open the Qdrant folder ({_first_line(exc)})") from None
+            raise RagDiagError(f"{self.path}: cannot open the Qdrant folder ({first_line(exc)})") from None
         except Exception as exc:  # a corrupt meta.json or storage can fail in any way
-            raise RagDiagError(f"{self.path}: unreadable Qdrant folder ({_first_line(exc)})") from None
+            raise RagDiagError(f"{self.path}: unreadable Qdrant folder ({first_line(exc)})") from None
         try:
             self._read(collection, vector_name, text_key)
         except BaseException:
@@ -82,15 +77,7 @@ class QdrantReader(RowsInMemory):
 
     def _read(self, collection: str | None, vector_name: str | None, text_key: str | None) -> None:
         names = sorted(c.name for c in self._client.get_collections().collections)
-        if collection is None:
-            if len(names) != 1:
-                listed = ", ".join(names) or "none"
-                raise RagDiagError(f"{self.path}: {len(names)} Qdrant collections ({listed}); choose one with "
-                                   "--collection or qdrant+path://FOLDER#COLLECTION")
-            collection = names[0]
-        elif collection not in names:
-            found = ", ".join(names) or "none"
-            raise RagDiagError(f"{self.path}: no Qdrant collection '{collection}' (found: {found})")
+        collection = choose_collection(self.path, "Qdrant", names, collection, "qdrant+path://FOLDER#COLLECTION")
         self.collection: str | None = collection
         params = self._client.get_collection(collection).config.params.vectors
         if params is None or (isinstance(params, dict) and not params):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -302,6 +303,11 @@ def test_clusters_are_scipy_connected_components():
     assert (np.diff(cluster_sizes) <= 0).all()  # numbered by decreasing size
 
 
+def _as_store(index: faiss.Index, native=None) -> StoredIndex:
+    ids = [str(i) for i in range(index.ntotal)]
+    return StoredIndex(Path("store"), "faiss", index, ids, ids, [{} for _ in ids], native_search=native)
+
+
 def test_ann_recall_flat_is_exact_and_coarse_ivf_is_not():
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
@@ -309,19 +315,37 @@ def test_ann_recall_flat_is_exact_and_coarse_ivf_is_not():
     flat = faiss.IndexFlatIP(16)
     flat.add(vectors)
     rows = np.arange(0, 500, 10)
-    assert ann_recall(flat, vectors, rows, 10)["recall_at_k"] == 1.0
+    assert ann_recall(_as_store(flat), vectors, rows, 10)["recall_at_k"] == 1.0
     quantizer = faiss.IndexFlatIP(16)
     ivf = faiss.IndexIVFFlat(quantizer, 16, 32, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.seed = 0
     ivf.train(vectors)
     ivf.add(vectors)
     ivf.nprobe = 1
-    result = ann_recall(ivf, vectors, rows, 10)
-    assert result["recall_at_k"] < 0.95 and result["verdict"] == "lossy"
+    result = ann_recall(_as_store(ivf), vectors, rows, 10)
+    assert result["recall_at_k"] < 0.95 and result["verdict"] == "lossy" and result["index_type"] == "IndexIVFFlat"
+
+
+def test_ann_recall_measures_the_store_own_search_when_it_has_one():
+    """A store's own search (here one that drops its 10th hit) is what is measured, not the exact copy."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((200, 8)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    flat = faiss.IndexFlatIP(8)
+    flat.add(vectors)
+
+    def drops_last(queries, k):
+        found = flat.search(queries, k)[1]
+        found[:, -1] = -1
+        return found
+
+    result = ann_recall(_as_store(flat, drops_last), vectors, np.arange(0, 200, 5), 10)
+    assert result["recall_at_k"] == pytest.approx(0.9, abs=1e-12) and result["native"]
+    assert result["index_type"] == "faiss search"
 
 
 def test_ann_recall_counts_ties_as_hits():
     vectors = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)  # every vector has two exact duplicates
     flat = faiss.IndexFlatIP(4)
     flat.add(vectors[::-1].copy())  # another order: tied neighbours come back in another order
-    assert ann_recall(flat, vectors[::-1].copy(), np.arange(12), 2)["recall_at_k"] == 1.0
+    assert ann_recall(_as_store(flat), vectors[::-1].copy(), np.arange(12), 2)["recall_at_k"] == 1.0

@@ -8,6 +8,7 @@ planted exact duplicate, and audit them.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import faiss
@@ -213,7 +214,8 @@ def test_store_of_cls_vectors_is_refused(real_store, minilm):
     from rag_diag.jobs.audit import audit_store
 
     _, cls_folder, _ = real_store
-    with pytest.raises(RagDiagError, match="does not reproduce the stored vectors") as error:
+    with pytest.raises(RagDiagError, match=r"the stored vectors agree with minilm\+cls, not minilm\+mean .*"
+                                           r"pass --pooling cls$") as error:
         audit_store(open_store(cls_folder), model=minilm, k=3, sample=10)
     assert "\n" not in str(error.value)
 
@@ -226,27 +228,60 @@ def test_cli_refuses_cls_store_by_uri(real_store, tmp_path, capsys):
     status = main(["audit", "--store", f"chroma://{cls_folder}#{COLLECTION}", "--out", str(tmp_path / "audit"),
                    "--sample", "10"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and "does not reproduce the stored vectors" in err[0], err
+    assert status == 2 and len(err) == 1 and "agree with minilm+cls, not minilm+mean" in err[0], err
     assert not (tmp_path / "audit").exists()
 
 
 @pytest.mark.slow
-def test_cli_builds_a_chroma_store_that_the_audit_finds_by_its_folder(tmp_path, chromadb, licences, capsys):
-    """What ``store_kind = "chroma"`` in pipelines/demo.toml runs: build with the CLI, audit the folder."""
-    import json
+def test_cls_store_audited_as_cls_with_native_search(real_store, licences, minilm):
+    """Told the right pooling, the audit checks it, evaluates the store's cls index beside an exact mean
+    index, measures Chroma's own HNSW search, and lists the planted copy for deletion."""
+    from rag_diag.jobs.audit import audit_store
+    from rag_diag.stores.stored import opened_store
 
+    _, cls_folder, _ = real_store
+    doc_ids, _, _ = licences
+    with opened_store(cls_folder) as stored:
+        result = audit_store(stored, model=minilm, pooling="cls", k=3, sample=10)
+    summary = result.summary
+    check = summary["model_check"]
+    assert summary["pooling"] == check["pooling"] == "cls" and check["passed"]
+    assert check["agreement"]["cls"] >= 0.99 > check["agreement"]["mean"]
+    assert {"cls", "mean"} <= set(result.evaluation.per_query["strategy"].unique().to_list())
+    ann = summary["ann"]
+    # 20 documents: Chroma's HNSW visits them all, so its own search finds the exact top-3
+    assert ann["native"] and ann["index_type"] == "chroma search" and ann["recall_at_k"] == 1.0
+    duplicates = summary["exact_duplicates"]
+    assert duplicates["n_groups"] == 1 and duplicates["ids_to_delete"] == ["planted-copy"]
+    assert duplicates["groups"] == [{"keep": doc_ids[0], "delete": ["planted-copy"]}]
+
+
+@pytest.mark.slow
+def test_export_writes_the_chosen_pooling_as_a_new_collection(real_store, licences, minilm, tmp_path):
+    """``audit --export`` writes the audit's own encoder pass pooled with cls into a new Chroma folder, which
+    a cls audit accepts and whose vectors are the normalised CLS vectors (float32 rounding: |Δ| ≤ 1e-6)."""
     from rag_diag.cli import main
-    from rag_diag.corpora.io import Corpus
-    from rag_diag.corpora.writers import write_corpus_jsonl
+    from rag_diag.tokens.extract import encode_texts
 
+    folder, _, _ = real_store
     doc_ids, texts, _ = licences
-    write_corpus_jsonl(tmp_path / "kb" / "corpus.jsonl", Corpus(ids=doc_ids, texts=texts))
-    assert main(["store", "build", "--corpus", str(tmp_path / "kb"), "--out", str(tmp_path / "store"),
-                 "--store-kind", "chroma"]) == 0
-    assert (tmp_path / "store" / "chroma.sqlite3").is_file()
-    assert main(["audit", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "audit"), "--k", "3",
-                 "--sample", "10"]) == 0
-    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert audit["store_kind"] == "chroma" and audit["n_documents"] == len(doc_ids)
-    assert audit["model_check"]["median_cos"] >= 0.99  # the store holds this model's normalised means
-    assert audit["near_duplicates"]["n_clusters"] >= 1  # the planted copy
+    out, export = tmp_path / "audit", tmp_path / "cls-store"
+    status = main(["audit", "--store", str(folder), "--out", str(out), "--k", "3", "--sample", "10",
+                   "--export", str(export), "--export-pooling", "cls"])
+    assert status == 0
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["export"]["pooling"] == "cls" and summary["export"]["store"] == f"chroma://{export}#rag-diag-cls"
+    reader = open_reader(summary["export"]["store"])
+    try:
+        assert reader.ids() == sorted(doc_ids) and reader.distance == "cosine"
+        got = np.concatenate(list(reader.vectors()))
+    finally:
+        reader.close()
+    tokens = encode_texts(texts, model=minilm, ids=doc_ids)
+    cls = np.stack([tokens.tokens(i)[0] for i in range(len(texts))]).astype(np.float64)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    rows = [doc_ids.index(d) for d in sorted(doc_ids)]
+    np.testing.assert_allclose(got, cls[rows], atol=1e-6)
+    status = main(["audit", "--store", str(export), "--out", str(tmp_path / "again"), "--pooling", "cls",
+                   "--k", "3", "--sample", "10"])
+    assert status == 0

@@ -177,7 +177,7 @@ def test_locked_folder_is_one_line_error(tmp_path, qdrant, small):
 
 
 def test_bad_uris(tmp_path):
-    with pytest.raises(RagDiagError, match="Qdrant server is not supported"):
+    with pytest.raises(RagDiagError, match="a Qdrant server is qdrant\\+http://HOST:PORT#COLLECTION"):
         open_store("qdrant://localhost:6333#docs")
     with pytest.raises(RagDiagError, match="unknown option.*colour"):
         open_store(f"qdrant+path://{tmp_path}?colour=red")
@@ -187,6 +187,19 @@ def test_bad_uris(tmp_path):
         open_store(f"qdrant+path://{tmp_path}")
 
 
+def test_unreachable_server_is_one_line(qdrant):
+    """A server URL goes to the server (here a closed port on loopback): one line naming the URL."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RagDiagError) as error:
+        open_store(f"qdrant+http://127.0.0.1:{port}#docs")
+    message = str(error.value)
+    assert message.startswith(f"127.0.0.1:{port}: cannot read the Qdrant store (") and "\n" not in message
+
+
 def test_missing_library_is_one_line_with_pip_command(tmp_path, monkeypatch):
     folder = tmp_path / "q"
     (folder / "collection").mkdir(parents=True)
@@ -194,7 +207,7 @@ def test_missing_library_is_one_line_with_pip_command(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "qdrant_client", None)  # import qdrant_client → ImportError
     with pytest.raises(RagDiagError) as error:
         open_store(folder)
-    assert str(error.value) == f"reading a Qdrant local store needs the 'qdrant-client' package: pip install {PIN}"
+    assert str(error.value) == f"reading a Qdrant store needs the 'qdrant-client' package: pip install {PIN}"
 
 
 # ----------------------------------------------------------------------------------------------- slow
@@ -257,7 +270,8 @@ def test_store_of_cls_vectors_is_refused(real_store, minilm):
 
     _, cls_folder, _ = real_store
     stored = open_store(cls_folder)
-    with pytest.raises(RagDiagError, match="does not reproduce the stored vectors") as error:
+    with pytest.raises(RagDiagError, match=r"the stored vectors agree with minilm\+cls, not minilm\+mean .*"
+                                           r"pass --pooling cls$") as error:
         audit_store(stored, model=minilm, k=3, sample=10)
     assert "\n" not in str(error.value)
 
@@ -270,5 +284,5 @@ def test_cli_refuses_cls_store_by_uri_and_collection(real_store, tmp_path, capsy
     status = main(["audit", "--store", f"qdrant+path://{cls_folder}", "--collection", COLLECTION,
                    "--out", str(tmp_path / "audit"), "--sample", "10"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and "does not reproduce the stored vectors" in err[0], err
+    assert status == 2 and len(err) == 1 and "agree with minilm+cls, not minilm+mean" in err[0], err
     assert not (tmp_path / "audit").exists()

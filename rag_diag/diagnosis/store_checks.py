@@ -1,9 +1,11 @@
 """Checks of a stored index against the model: does the model reproduce it, and is its ANN search exact?
 
-- **model check**: the model must have the store's dimension, and on a seeded sample of stored rows
-  the re-encoded mean-pooled vector μ must point where the stored vector v points:
-  agreement = median over the sample of cos(μ, v) ≥ MODEL_AGREEMENT_MIN. Cosine makes the check
-  indifferent to whether the store L2-normalised its vectors.
+- **model and pooling check**: the model must have the store's dimension, and on a seeded sample of
+  stored rows the re-encoded vector p(X) pooled as the store claims (``--pooling``, default mean) must point
+  where the stored vector v points: agreement = median over the sample of cos(p(X), v) ≥ MODEL_AGREEMENT_MIN.
+  Cosine makes the check indifferent to whether the store L2-normalised its vectors. Every candidate pooling
+  of :data:`CANDIDATE_POOLINGS` is tried on the same pass, so a refusal names what built the store
+  ("the stored vectors agree with minilm+cls, not minilm+mean") or, when none agrees, the closest one.
 - **ANN recall@k** of the stored index against exact search (``IndexFlat`` with the store's metric)
   over the exact vectors, on a seeded sample of documents used as queries. A hit counts when its
   exact score is within TIE_TOLERANCE of the k-th exact score, so tied near-duplicates are not
@@ -20,6 +22,7 @@ import numpy as np
 
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
+from rag_diag.pooling import pool_store
 from rag_diag.sampling import seeded_sample
 from rag_diag.stores.stored import StoredIndex
 from rag_diag.tokens.extract import encode_texts
@@ -29,6 +32,10 @@ MODEL_AGREEMENT_MIN = 0.99
 """Median cos(re-encoded μ, stored vector) a model must reach on the sample. The same model gives
 ≈ 1.0 (float32 and batch-padding noise only); another model, even of the same architecture and
 dimension, gives far less."""
+
+CANDIDATE_POOLINGS = ("mean", "cls", "max", "last")
+"""Poolings a store may have been built with that keep the model's dimension and need no corpus statistics
+(sentence-transformers' mean, CLS and max; last-token for decoder embedders)."""
 
 ANN_RECALL_OK = 0.95
 """ANN recall@k below this is reported as a lossy index (the index drops true neighbours)."""
@@ -43,15 +50,21 @@ NORM_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class ModelCheck:
-    """Agreement between re-encoded and stored vectors on a sample of rows."""
+    """Agreement between re-encoded and stored vectors on a sample of rows, for the claimed pooling.
+
+    ``agreement`` holds the median cosine of every candidate pooling, so the report can show how clearly
+    the claimed one wins.
+    """
 
     model: str
+    pooling: str
     dim: int
     n_sample: int
     median_cos: float
     min_cos: float
     mean_cos: float
     normalised: bool
+    agreement: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "threshold": MODEL_AGREEMENT_MIN, "passed": self.median_cos >= MODEL_AGREEMENT_MIN}
@@ -62,8 +75,15 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b) / norms
 
 
-def check_model(stored: StoredIndex, encoder: Encoder, sample: int, seed: int) -> ModelCheck:
-    """Refuse a model that does not reproduce the stored vectors (dimension, then median cosine on a sample)."""
+def check_model(stored: StoredIndex, encoder: Encoder, sample: int, seed: int, pooling: str = "mean") -> ModelCheck:
+    """Refuse a model or pooling that does not reproduce the stored vectors (dimension, then median cosine).
+
+    Raises:
+        RagDiagError: the dimension differs; another candidate pooling agrees and ``pooling`` does not
+            (the message names both); or no candidate agrees (the message names the closest).
+    """
+    if pooling not in CANDIDATE_POOLINGS:
+        raise RagDiagError(f"--pooling {pooling!r}: a store is checked against {', '.join(CANDIDATE_POOLINGS)}")
     if stored.index.d != encoder.dim:
         raise RagDiagError(
             f"{stored.path}: the store has dimension {stored.index.d} but model '{encoder.name}' has "
@@ -72,36 +92,48 @@ def check_model(stored: StoredIndex, encoder: Encoder, sample: int, seed: int) -
     rows = seeded_sample(stored.index.ntotal, sample, seed)
     saved = stored.vectors(rows)
     store = encode_texts([stored.texts[r] for r in rows], model=encoder, ids=[stored.doc_ids[r] for r in rows])
-    cosines = _cosines(store.means().astype(np.float64), saved)
+    order = (pooling, *[name for name in CANDIDATE_POOLINGS if name != pooling])
+    cosines = {name: _cosines(pool_store(name, store), saved) for name in order}
+    agreement = {name: float(np.median(values)) for name, values in cosines.items()}
+    claimed = cosines[pooling]
     norms = np.linalg.norm(saved, axis=1)
     check = ModelCheck(
-        model=encoder.name, dim=encoder.dim, n_sample=len(rows), median_cos=float(np.median(cosines)),
-        min_cos=float(cosines.min()), mean_cos=float(cosines.mean()),
-        normalised=bool(np.all(np.abs(norms - 1.0) <= NORM_TOLERANCE)),
+        model=encoder.name, pooling=pooling, dim=encoder.dim, n_sample=len(rows), median_cos=agreement[pooling],
+        min_cos=float(claimed.min()), mean_cos=float(claimed.mean()),
+        normalised=bool(np.all(np.abs(norms - 1.0) <= NORM_TOLERANCE)), agreement=agreement,
     )
-    if check.median_cos < MODEL_AGREEMENT_MIN:
+    if check.median_cos >= MODEL_AGREEMENT_MIN:
+        return check
+    best = max(agreement, key=lambda name: agreement[name])
+    model, n = encoder.name, check.n_sample
+    if agreement[best] >= MODEL_AGREEMENT_MIN:
         raise RagDiagError(
-            f"{stored.path}: model '{encoder.name}' does not reproduce the stored vectors (median cosine "
-            f"{check.median_cos:.3f} on {check.n_sample} sampled documents, need ≥ {MODEL_AGREEMENT_MIN}): "
-            "the store was built with another model; pass that one (--model)"
+            f"{stored.path}: the stored vectors agree with {model}+{best}, not {model}+{pooling} (median cosine "
+            f"{agreement[best]:.3f} vs {agreement[pooling]:.3f} on {n} sampled documents): pass --pooling {best}"
         )
-    return check
+    raise RagDiagError(
+        f"{stored.path}: model '{model}' does not reproduce the stored vectors with any pooling (median cosine "
+        f"{agreement[pooling]:.3f} for {pooling}, best {agreement[best]:.3f} for {best}, on {n} sampled documents, "
+        f"need ≥ {MODEL_AGREEMENT_MIN}): the store was built with another model; pass that one (--model)"
+    )
 
 
-def ann_recall(index: faiss.Index, exact: np.ndarray, rows: np.ndarray, k: int) -> dict[str, Any]:
-    """Recall@k of ``index`` against exact search over ``exact`` (the true stored vectors), queries = ``rows``.
+def ann_recall(stored: StoredIndex, exact: np.ndarray, rows: np.ndarray, k: int) -> dict[str, Any]:
+    """Recall@k of the store's own search (:meth:`StoredIndex.search`) against exact search over ``exact``
+    (the true vectors), queries = ``rows``.
 
     recall@k = mean over queries of |{hits h : s(q, h) ≥ s_k(q) − TIE_TOLERANCE}| / k, where s is the
-    exact score under the index's metric (inner product, or −‖q − v‖² for L2) and s_k(q) the k-th best.
+    exact score under the store's metric (inner product, or −‖q − v‖² for L2) and s_k(q) the k-th best.
     """
-    k = min(k, index.ntotal)
+    metric = stored.index.metric_type
+    k = min(k, stored.index.ntotal)
     vectors = np.ascontiguousarray(exact, dtype=np.float32)
-    flat = faiss.IndexFlat(vectors.shape[1], index.metric_type)
+    flat = faiss.IndexFlat(vectors.shape[1], metric)
     flat.add(vectors)
     queries = vectors[rows]
     exact_scores, _ = flat.search(queries, k)
-    _, found = index.search(queries, k)
-    l2 = index.metric_type == faiss.METRIC_L2
+    found = stored.search(queries, k)
+    l2 = metric == faiss.METRIC_L2
     kth = -exact_scores[:, -1] if l2 else exact_scores[:, -1]
     hits = np.zeros(len(rows))
     for position, (query, row_hits) in enumerate(zip(queries, found, strict=True)):
@@ -112,14 +144,16 @@ def ann_recall(index: faiss.Index, exact: np.ndarray, rows: np.ndarray, k: int) 
     recall = float((hits / k).mean())
     verdict = "exact" if recall == 1.0 else "ok" if recall >= ANN_RECALL_OK else "lossy"
     return {
-        "recall_at_k": recall, "k": k, "n_queries": len(rows), "index_type": type(index).__name__,
-        "metric": "l2" if l2 else "inner_product", "threshold": ANN_RECALL_OK, "verdict": verdict,
+        "recall_at_k": recall, "k": k, "n_queries": len(rows), "index_type": stored.search_name,
+        "native": stored.native_search is not None, "metric": "l2" if l2 else "inner_product",
+        "threshold": ANN_RECALL_OK, "verdict": verdict,
     }
 
 
-def exact_vectors(store: TokenStore, normalised: bool) -> np.ndarray:
-    """The vectors the store should hold: re-encoded means, L2-normalised when the stored ones are."""
-    means = store.means().astype(np.float64)
+def exact_vectors(store: TokenStore, normalised: bool, pooling: str = "mean") -> np.ndarray:
+    """The vectors the store should hold: the re-encoded texts pooled with ``pooling``, L2-normalised when the
+    stored ones are."""
+    vectors = store.means().astype(np.float64) if pooling == "mean" else pool_store(pooling, store)
     if normalised:
-        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    return means
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors

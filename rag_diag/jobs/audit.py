@@ -3,7 +3,10 @@
 The stored texts are encoded **once** into a token store; every statistic comes from that pass and
 from objects held in memory (nothing is written to be read back):
 
-- the model check and ANN recall (:mod:`rag_diag.diagnosis.store_checks`);
+- the model and pooling check, and the ANN recall of the store's own search
+  (:mod:`rag_diag.diagnosis.store_checks`);
+- store-native findings: exact duplicate chunks with the ids to delete, hub chunks, chunks longer than the
+  model window (:mod:`rag_diag.diagnosis.store_findings`);
 - collapse: per-document SOCM against the k nearest mean-pooled neighbours (:mod:`rag_diag.collapse.knn`);
 - near-duplicate clusters and hubness of that kNN graph (:mod:`rag_diag.diagnosis.duplicates`,
   :mod:`rag_diag.diagnosis.hubness`);
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import polars as pl
 
@@ -34,15 +38,20 @@ from rag_diag.diagnosis.diagnose import Diagnosis, diagnose
 from rag_diag.diagnosis.duplicates import NEAR_DUPLICATE_COS, clusters_frame, documents_frame, near_duplicate_clusters
 from rag_diag.diagnosis.hubness import HIGH_HUBNESS_SKEW, HUB_FACTOR, Hubness, hubness
 from rag_diag.diagnosis.store_checks import ModelCheck, ann_recall, check_model, exact_vectors
+from rag_diag.diagnosis.store_findings import exact_duplicates, long_chunks
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import evaluate_bundle
 from rag_diag.evaluation.result import EvalResult
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
+from rag_diag.retrieval.index import build_faiss
 from rag_diag.sampling import seeded_sample
+from rag_diag.stores.export import pooled_rows, write_store
+from rag_diag.stores.protocol import Distance
 from rag_diag.stores.stored import StoredIndex
 from rag_diag.tokens.extract import encode_texts
+from rag_diag.tokens.store import TokenStore
 
 KIND = "audit"
 AUDIT_RERANKERS = ("w2", "blend", "maxsim")
@@ -56,6 +65,8 @@ class AuditResult:
     """Everything an audit found, in memory; :func:`write_audit` writes it."""
 
     summary: dict[str, Any]
+    tokens: TokenStore
+    """The audit's one encoder pass over the stored texts (what ``--export`` pools)."""
     documents: pl.DataFrame
     clusters: pl.DataFrame
     evaluation: EvalResult
@@ -76,18 +87,18 @@ def _hubness_summary(hubs: Hubness, doc_ids: list[str]) -> dict[str, Any]:
 
 def _summary(
     stored: StoredIndex, check: ModelCheck, knn: KnnResult, hubs: Hubness, clusters: pl.DataFrame,
-    recall: dict[str, Any], diagnosis: Diagnosis, probes: bool, k: int, command: str,
+    recall: dict[str, Any], diagnosis: Diagnosis, probes: bool, k: int, command: str, findings: dict[str, Any],
 ) -> dict[str, Any]:
     """The content of ``audit.json``: every number, the thresholds behind each verdict, the command."""
     n_docs = len(stored.doc_ids)
     hubness_summary = _hubness_summary(hubs, stored.doc_ids)
     in_clusters = int(clusters["size"].sum()) if clusters.height else 0
     diagnosed = diagnosis.summary
-    mean_metrics = (diagnosis.metrics.get("metrics") or {}).get("mean", {})
+    store_metrics = (diagnosis.metrics.get("metrics") or {}).get(check.pooling, {})
     null = diagnosed["high_socm_null"]
     return {
         "store": str(stored.path), "store_kind": stored.kind, "n_documents": n_docs, "dim": stored.index.d,
-        "model_check": check.to_dict(),
+        "pooling": check.pooling, "model_check": check.to_dict(), **findings,
         "collapse": {
             "k": k, "mean_collapse_rate": float(knn.collapse_mean.mean()),
             "median_collapse_rate": float(np.median(knn.collapse_mean)),
@@ -103,7 +114,7 @@ def _summary(
         "hubness": hubness_summary,
         "ann": recall,
         "evaluation": {"queries": "probes" if probes else "given", "n_queries": diagnosed["n_queries"],
-                       "metrics": mean_metrics},
+                       "metrics": store_metrics},
         "diagnosis": {
             "verdict": diagnosed["verdict"], "failure_rate": diagnosed["failure_rate"],
             "n_failures": diagnosed["n_failures"], "high_socm_null": null,
@@ -121,6 +132,7 @@ def audit_store(
     stored: StoredIndex,
     *,
     model: str | Encoder = "minilm",
+    pooling: str = "mean",
     queries: Queries | None = None,
     qrels: Qrels | None = None,
     k: int = DEFAULT_K,
@@ -133,6 +145,9 @@ def audit_store(
     Args:
         stored: the store (:func:`rag_diag.stores.stored.open_store`).
         model: the encoder the store was built with (registry name or local folder); checked, not trusted.
+        pooling: the pooling the store was built with (mean, cls, max, last); checked, and the refusal names
+            the pooling that does reproduce the store. A store of another pooling is evaluated beside an exact
+            mean-pooled index (the re-rankers' first stage and the collapse diagnosis are about mean pooling).
         queries, qrels: the store's queries and judgements; without them copy probes are generated.
         k: neighbours per document for collapse, hubness and clusters, and the ANN recall / metric cut-off.
         sample: documents in the model-check sample, the ANN-recall query sample and the probe sample.
@@ -149,7 +164,7 @@ def audit_store(
     if n_docs < 2:
         raise RagDiagError(f"{stored.path}: the store holds {n_docs} document(s); an audit needs two")
     encoder = model if isinstance(model, Encoder) else load_encoder(model)
-    check = check_model(stored, encoder, sample, seed)
+    check = check_model(stored, encoder, sample, seed, pooling)
     token_store = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
     k_graph = min(k, n_docs - 1)
     knn = knn_collapse(token_store, k_graph, show_progress=True)
@@ -157,14 +172,18 @@ def audit_store(
     cluster_ids = near_duplicate_clusters(n_docs, knn.doc_a, knn.doc_b, knn.pairs.cos)
     documents = documents_frame(stored.doc_ids, [m.get("label") for m in stored.metadatas], knn, hubs, cluster_ids)
     clusters = clusters_frame(documents, knn, cluster_ids)
-    recall = ann_recall(stored.index, exact_vectors(token_store, check.normalised),
+    normalised = check.normalised or stored.distance == "cosine"
+    recall = ann_recall(stored, exact_vectors(token_store, normalised, pooling),
                         seeded_sample(n_docs, sample, seed + 1), k)
+    findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
+                "long_chunks": long_chunks(stored.doc_ids, token_store)}
     probes = queries is None
     if queries is None or qrels is None:
         queries, qrels = copy_probes(stored.corpus(), sample, seed)
     corpus = stored.corpus()
-    bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity,
-                                    corpus_sha256=corpus.content_hash(), source=str(stored.path))
+    others = {} if pooling == "mean" else {"mean": build_faiss(exact_vectors(token_store, True), "cosine")[0]}
+    bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity, strategy=pooling,
+                                    others=others, corpus_sha256=corpus.content_hash(), source=str(stored.path))
     bundle.tokens = token_store
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
                                  corpus=corpus, lexical=True, windowed=True, command=command)
@@ -173,10 +192,31 @@ def audit_store(
         pairs_frame(stored.doc_ids, knn.doc_a, knn.doc_b, knn.pairs), mode="knn", drop_special=False,
         command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=None,
     )
-    diagnosis = diagnose(evaluation, collapse, corpus=corpus, queries=queries, token_store=token_store,
-                         command=command)
-    summary = _summary(stored, check, knn, hubs, clusters, recall, diagnosis, probes, k_graph, command)
-    return AuditResult(summary, documents, clusters, evaluation, collapse, diagnosis)
+    diagnosis = diagnose(evaluation, collapse, strategy=pooling, corpus=corpus, queries=queries,
+                         token_store=token_store, command=command)
+    summary = _summary(stored, check, knn, hubs, clusters, recall, diagnosis, probes, k_graph, command, findings)
+    return AuditResult(summary, token_store, documents, clusters, evaluation, collapse, diagnosis)
+
+
+def store_distance(stored: StoredIndex, check: dict[str, Any]) -> Distance:
+    """The audited store's distance: the reader's, or for a FAISS store its metric (cosine on unit vectors)."""
+    if stored.distance is not None:
+        return stored.distance
+    if stored.index.metric_type == faiss.METRIC_L2:
+        return "l2"
+    return "cosine" if check["normalised"] else "dot"
+
+
+def export_pooling(result: AuditResult, stored: StoredIndex, destination: str, pooling: str, collection: str) -> str:
+    """Write the audited texts pooled with ``pooling`` as a new store of the audited store's kind (no
+    re-encoding: the audit's token store is pooled); records it in the summary; returns the new store's form."""
+    rows = pooled_rows(result.tokens, pooling, texts=stored.texts, metadatas=stored.metadatas,
+                       distance=store_distance(stored, result.summary["model_check"]))
+    flavour = "faiss" if stored.distance is None else "simple"  # a LlamaIndex store kept its own FAISS index
+    written = write_store(stored.kind, destination, rows, collection=collection, flavour=flavour)
+    result.summary["export"] = {"pooling": pooling, "store": written, "kind": stored.kind, "distance": rows.distance,
+                                "n_documents": len(rows.ids), "dim": int(rows.vectors.shape[1])}
+    return written
 
 
 def write_audit(result: AuditResult, out: str | Path, *, force: bool = False) -> Path:

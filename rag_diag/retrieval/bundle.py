@@ -172,16 +172,21 @@ class IndexBundle:
 
     @classmethod
     def from_index(cls, index: faiss.Index, doc_ids: list[str], *, model: dict[str, Any], corpus_sha256: str,
-                   source: str) -> IndexBundle:
-        """An in-memory one-strategy (``mean``) bundle over an existing FAISS index (an audited store)."""
-        metric = "cosine" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+                   source: str, strategy: str = "mean", others: dict[str, faiss.Index] | None = None) -> IndexBundle:
+        """An in-memory bundle over an existing FAISS index (an audited store) built with pooling ``strategy``,
+        beside ``others``: more indexes over the same rows (e.g. an exact ``mean`` index as a counterfactual)."""
+        indexes = {strategy: index, **(others or {})}
         common = {"format": BUNDLE_FORMAT, "model": model, "corpus": "", "corpus_sha256": corpus_sha256,
                   "versions": library_versions(), "command": "", "source": source}
-        meta = {**common, "strategy": "mean", "dim": index.d, "metric": metric, "n_docs": index.ntotal,
-                "index_type": type(index).__name__, "index_params": {}}
-        manifest = {**common, "strategies": ["mean"], "token_store": None, "dim": index.d,
+        meta = {
+            name: {**common, "strategy": name, "dim": each.d, "n_docs": each.ntotal,
+                   "metric": "cosine" if each.metric_type == faiss.METRIC_INNER_PRODUCT else "l2",
+                   "index_type": type(each).__name__, "index_params": {}}
+            for name, each in indexes.items()
+        }
+        manifest = {**common, "strategies": list(indexes), "token_store": None, "dim": index.d,
                     "index_type": "imported", "n_docs": index.ntotal}
-        return cls(manifest=manifest, strategy_meta={"mean": meta}, doc_ids=list(doc_ids), indexes={"mean": index})
+        return cls(manifest=manifest, strategy_meta=meta, doc_ids=list(doc_ids), indexes=indexes)
 
 
 def check_encoder(bundle: IndexBundle, encoder: Encoder) -> None:

@@ -12,8 +12,10 @@ attached, so nothing is ever embedded or downloaded) and reads one collection.
   (``hnsw`` or ``spann`` ``space``) or its legacy ``hnsw:space`` metadata, Chroma's default ``l2``
   otherwise: ``cosine`` → cosine, ``ip`` → dot, ``l2`` → l2.
 
-Chroma's own search is approximate (HNSW); the audited index is the exact copy, so its ANN recall is
-that of exact search, not of the Chroma index.
+- **search**: the collection's own ``query`` (its HNSW index at the collection's settings), so the audit
+  measures the ANN recall Chroma gives; the exact copy of the vectors is what the evaluation searches.
+
+:func:`write_chroma` writes rows to a new persistent folder (the form ``store build`` and ``--export`` give).
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ from typing import Any
 import numpy as np
 
 from rag_diag import atomic
-from rag_diag.corpora.io import Corpus
 from rag_diag.errors import RagDiagError, first_line
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, choose_collection, missing_library
+from rag_diag.stores.protocol import (
+    BATCH_SIZE,
+    Distance,
+    RowsInMemory,
+    StoreRows,
+    choose_collection,
+    missing_library,
+    rows_of,
+)
 
 KIND = "chroma"
 PIN = "chromadb==1.5.9"
 SQLITE = "chroma.sqlite3"
 SPACES: dict[str, Distance] = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
+SPACE_OF = {distance: space for space, distance in SPACES.items()}
 
 
 def is_chroma_folder(path: Path) -> bool:
@@ -132,6 +142,18 @@ class ChromaReader(RowsInMemory):
     def faiss_index(self) -> None:
         return None
 
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """The collection's own ``query`` (HNSW) for each query (rows of this reader, −1 padded)."""
+        row_of = {doc_id: row for row, doc_id in enumerate(self._ids)}
+        found: list[list[Any]] = []
+        step = max(1, self._batch)
+        queries = np.asarray(queries, dtype=np.float32)
+        for start in range(0, len(queries), step):
+            answer = self._collection.query(query_embeddings=queries[start : start + step],
+                                            n_results=min(k, len(self._ids)), include=[])
+            found.extend(answer["ids"])
+        return rows_of(found, row_of, k)
+
     def close(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
@@ -141,28 +163,28 @@ class ChromaReader(RowsInMemory):
             self._client = None
 
 
-def build_chroma_store(corpus: Corpus, vectors: np.ndarray, out: str | Path, collection: str = "rag-diag") -> Path:
-    """A persistent Chroma collection (cosine space) of ``corpus`` with the given vectors, written atomically.
+def write_chroma(folder: str | Path, rows: StoreRows, *, collection: str) -> str:
+    """A persistent Chroma folder holding one collection of ``rows`` in their distance's space, written
+    atomically; returns the URI that reads it back.
 
-    Ids are the corpus ids, documents its texts, metadata its metadata; records are added in batches no
-    larger than the client allows. Nothing is embedded by Chroma (no embedding function is attached).
+    Records are added in batches no larger than the client allows; nothing is embedded by Chroma (no
+    embedding function is attached); empty metadata is stored as none (Chroma refuses ``{}``).
     """
     try:
         import chromadb
     except ImportError:
         raise missing_library("chromadb", PIN, "Chroma store") from None
-    with atomic.atomic_dir(out, kind="chroma-store") as tmp:
+    with atomic.atomic_dir(folder, kind="chroma-store") as tmp:
         client = chromadb.PersistentClient(path=str(tmp))
-        target = client.create_collection(collection, configuration={"hnsw": {"space": "cosine"}},
-                                          embedding_function=None)
+        target = client.create_collection(collection, configuration={"hnsw": {"space": SPACE_OF[rows.distance]}},
+                                          embedding_function=None)  # type: ignore[arg-type]
         step = int(client.get_max_batch_size())
-        metadata = corpus.metadata or [{} for _ in corpus.ids]
-        for start in range(0, len(corpus), step):
-            stop = min(start + step, len(corpus))
-            target.add(ids=corpus.ids[start:stop], documents=corpus.texts[start:stop],
-                       embeddings=np.asarray(vectors[start:stop], dtype=np.float32),
-                       metadatas=[dict(m) or None for m in metadata[start:stop]])  # type: ignore[misc]
+        for start in range(0, len(rows.ids), step):
+            stop = min(start + step, len(rows.ids))
+            target.add(ids=rows.ids[start:stop], documents=rows.texts[start:stop],
+                       embeddings=np.asarray(rows.vectors[start:stop], dtype=np.float32),
+                       metadatas=[dict(m) or None for m in rows.metadatas[start:stop]])  # type: ignore[misc]
         close = getattr(client, "close", None)
         if close is not None:
             close()
-    return Path(out)
+    return f"chroma://{folder}#{collection}"

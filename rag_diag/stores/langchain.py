@@ -4,7 +4,8 @@
   ``FAISS.load_local(folder, embeddings, allow_dangerous_deserialization=True)`` opens;
 - :func:`load_langchain_store` reads any such store back as (index, doc ids, texts, metadatas);
 - :func:`build_langchain_store` builds a store the way a LangChain user would (HuggingFaceEmbeddings
-  over the local model folder, normalised embeddings, cosine as inner product).
+  over the local model folder, normalised embeddings, cosine as inner product);
+- :func:`write_langchain` writes given vectors as such a store (an exact ``IndexFlat``), for ``--export``.
 
 The ``.pkl`` is a pickle: only load stores you made or trust.
 """
@@ -16,24 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 
 from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError, first_line
 from rag_diag.models.loading import load_encoder
+from rag_diag.stores.protocol import StoreRows
 from rag_diag.stores.safe_pickle import RefusedGlobal, safe_loads
 
 KIND = "langchain-store"
 
 
 def save_langchain_store(index: faiss.Index, corpus: Corpus, out_dir: str | Path) -> Path:
-    """Write ``index.faiss`` + ``index.pkl`` (InMemoryDocstore keyed by document id) atomically."""
+    """Write ``index.faiss`` + ``index.pkl`` (InMemoryDocstore keyed by document id) atomically; a document's
+    metadata is the corpus's (``{"id": doc_id}`` when the corpus has none)."""
     from langchain_community.docstore.in_memory import InMemoryDocstore
     from langchain_core.documents import Document
 
+    metadatas = corpus.metadata or [{"id": doc_id} for doc_id in corpus.ids]
     documents = {
-        doc_id: Document(id=doc_id, page_content=text, metadata={"id": doc_id})
-        for doc_id, text in zip(corpus.ids, corpus.texts, strict=True)
+        doc_id: Document(id=doc_id, page_content=text, metadata=dict(metadata))
+        for doc_id, text, metadata in zip(corpus.ids, corpus.texts, metadatas, strict=True)
     }
     out_dir = Path(out_dir)
     with atomic.atomic_dir(out_dir, kind=KIND) as tmp:
@@ -123,3 +128,13 @@ def build_langchain_store(corpus: Corpus | str | Path, model_name: str, out_dir:
     with atomic.atomic_dir(out_dir, kind=KIND) as tmp:
         store.save_local(str(tmp))
     return out_dir
+
+
+def write_langchain(folder: str | Path, rows: StoreRows, *, collection: str | None = None) -> str:
+    """A LangChain FAISS store of ``rows`` (exact ``IndexFlat``: inner product for cosine and dot, L2 for l2),
+    written atomically; returns its folder. ``collection`` is ignored (a FAISS folder holds one)."""
+    metric = faiss.METRIC_L2 if rows.distance == "l2" else faiss.METRIC_INNER_PRODUCT
+    index = faiss.IndexFlat(int(rows.vectors.shape[1]), metric)
+    index.add(np.ascontiguousarray(rows.vectors, dtype=np.float32))
+    corpus = Corpus(ids=list(rows.ids), texts=list(rows.texts), source="", metadata=[dict(m) for m in rows.metadatas])
+    return str(save_langchain_store(index, corpus, folder))

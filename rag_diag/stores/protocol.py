@@ -19,6 +19,7 @@ distance    FAISS index                                          vectors in the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -44,7 +45,8 @@ class StoreReader(Protocol):
     """A vector store opened for reading, rows in one deterministic order (every list has ``len(self)`` items).
 
     Attributes:
-        kind: the store's kind: ``"langchain"``, ``"faiss"``, ``"qdrant"``, ``"chroma"``.
+        kind: the store's kind: ``"langchain"``, ``"faiss"``, ``"qdrant"``, ``"chroma"``, ``"pgvector"``,
+            ``"llamaindex"``.
         path: the store's folder (or index file).
         collection: the collection read, for stores that hold several (else None).
         dim: the dimension of the vectors.
@@ -88,9 +90,46 @@ class StoreReader(Protocol):
         """The store's own FAISS index when it searches with one (audited as is), else None."""
         ...
 
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray | None:
+        """The store's own top-``k`` rows for each query, through the store's own search at its settings.
+
+        Args:
+            queries: float32 query vectors (n × dim), in the space of the stored vectors.
+            k: results per query.
+
+        Returns:
+            An n × k int64 array of row numbers (this reader's row order), best first, −1 where the store
+            returned fewer; or None when the store has no search of its own apart from :meth:`faiss_index`
+            (then ANN recall is measured on that index, or is exact by construction).
+        """
+        ...
+
     def close(self) -> None:
         """Release the store (Qdrant local mode locks its folder while a client holds it)."""
         ...
+
+
+@dataclass(frozen=True)
+class StoreRows:
+    """What a store writer writes: by row, ids, texts, metadata and float32 vectors, and the distance.
+
+    Writers (``write_*`` in each store module) store the vectors as given: a ``cosine`` store's vectors are
+    L2-normalised by the caller, as a user's embedding function with ``normalize_embeddings=True`` gives them.
+    """
+
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    vectors: np.ndarray
+    distance: Distance
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if len(self.texts) != n or len(self.metadatas) != n or self.vectors.ndim != 2 or self.vectors.shape[0] != n:
+            raise RagDiagError(f"store rows disagree: {n} ids, {len(self.texts)} texts, "
+                               f"{len(self.metadatas)} metadata, vectors {self.vectors.shape}")
+        if len(set(self.ids)) != n:
+            raise RagDiagError("store rows have duplicate ids")
 
 
 def faiss_metric(distance: Distance) -> int:
@@ -126,6 +165,15 @@ def exact_index(reader: StoreReader, batch_size: int = BATCH_SIZE) -> faiss.Inde
     if index.ntotal != len(reader):
         raise RagDiagError(f"{reader.path}: read {index.ntotal} vectors for {len(reader)} documents")
     return index
+
+
+def rows_of(found_ids: list[list[Any]], row_of: dict[Any, int], k: int) -> np.ndarray:
+    """An n × k int64 array of rows for per-query lists of store ids (best first), −1-padded to ``k``."""
+    rows = np.full((len(found_ids), k), -1, dtype=np.int64)
+    for position, ids in enumerate(found_ids):
+        for rank, found in enumerate(ids[:k]):
+            rows[position, rank] = row_of[found]
+    return rows
 
 
 def choose_collection(where: object, what: str, names: list[str], wanted: str | None, uri: str) -> str:

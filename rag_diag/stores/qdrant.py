@@ -1,22 +1,30 @@
-"""Qdrant local mode (``QdrantClient(path=FOLDER)``) as a :class:`~rag_diag.stores.protocol.StoreReader`.
+"""Qdrant, local mode (``QdrantClient(path=FOLDER)``) or a server (``QdrantClient(url=URL)``), as a
+:class:`~rag_diag.stores.protocol.StoreReader`, and :func:`write_qdrant`, which writes a local-mode folder.
 
 A local-mode folder holds ``meta.json`` (the collections and their vector parameters) and
-``collection/NAME/storage.sqlite``. The reader opens it with ``qdrant-client`` itself, reads one
-collection and closes the client (local mode locks the folder while a client holds it).
+``collection/NAME/storage.sqlite``. The reader opens it (or connects to the server, with the API key in
+``QDRANT_API_KEY`` when set) with ``qdrant-client`` itself, reads one collection and closes the client
+(local mode locks the folder while a client holds it).
 
 - **rows**: the points sorted by id, integer ids first (numerically), then UUID ids (as strings),
-  the order Qdrant's own scroll uses; ``doc_ids`` are the ids as strings.
+  the order Qdrant's own scroll uses; ``doc_ids`` are the ids as strings, or, with ``id_key``, the
+  payload value under that key (Qdrant point ids must be integers or UUIDs, so stores built from
+  documents with string ids keep them in the payload; LangChain keeps them under ``metadata``); a store
+  :func:`write_qdrant` wrote is recognised (each point id is the UUID5 of its payload ``doc_id``).
 - **texts**: from the payload: ``text_key`` when given, else the first string among
   :data:`TEXT_KEYS` (``page_content`` for LangChain, ``text``, ``document``, ``content`` for Haystack),
   else LlamaIndex's ``_node_content`` JSON ``text``.
 - **metadata**: the rest of the payload; a nested ``metadata`` object (LangChain) is lifted to the top.
 - **vectors**: the collection's dense vector (the unnamed one, or the only named one, or ``vector_name``),
   float32; distance Cosine → ``cosine``, Dot → ``dot``, Euclid → ``l2`` (Manhattan is refused).
+- **search**: the collection's own ``query_points`` at its settings (HNSW on a server; exact in local mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,15 @@ import numpy as np
 
 from rag_diag import atomic
 from rag_diag.errors import RagDiagError, first_line
-from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, choose_collection, missing_library
+from rag_diag.stores.protocol import (
+    BATCH_SIZE,
+    Distance,
+    RowsInMemory,
+    StoreRows,
+    choose_collection,
+    missing_library,
+    rows_of,
+)
 
 KIND = "qdrant"
 PIN = "qdrant-client==1.20.0"
@@ -51,31 +67,42 @@ class QdrantReader(RowsInMemory):
 
     def __init__(
         self, path: str | Path, collection: str | None = None, *, vector_name: str | None = None,
-        text_key: str | None = None,
+        text_key: str | None = None, id_key: str | None = None, url: str | None = None,
     ) -> None:
         self.path = Path(path)
-        if not is_qdrant_folder(self.path):
+        if url is None and not is_qdrant_folder(self.path):
             raise RagDiagError(f"{self.path}: not a Qdrant local-mode folder (needs meta.json and collection/)")
         try:
             from qdrant_client import QdrantClient
         except ImportError:
-            raise missing_library("qdrant-client", PIN, "Qdrant local store") from None
-        atomic.protect_input(self.path)
+            raise missing_library("qdrant-client", PIN, "Qdrant store") from None
         try:
-            self._client: Any = QdrantClient(path=str(self.path))
+            if url is None:
+                atomic.protect_input(self.path)
+                self._client: Any = QdrantClient(path=str(self.path))
+            else:
+                self._client = QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY") or None, timeout=30,
+                                            check_compatibility=False)
         except RuntimeError as exc:  # the folder lock, held by another client
             raise RagDiagError(f"{self.path}: cannot open the Qdrant folder ({first_line(exc)})") from None
         except Exception as exc:  # a corrupt meta.json or storage can fail in any way
             raise RagDiagError(f"{self.path}: unreadable Qdrant folder ({first_line(exc)})") from None
         try:
-            self._read(collection, vector_name, text_key)
+            self._read(collection, vector_name, text_key, id_key)
+        except RagDiagError:
+            self.close()
+            raise
+        except Exception as exc:  # a server that cannot be reached, or answers with an error
+            self.close()
+            raise RagDiagError(f"{self.path}: cannot read the Qdrant store ({first_line(exc)})") from None
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------------------------------ reading
 
-    def _read(self, collection: str | None, vector_name: str | None, text_key: str | None) -> None:
+    def _read(self, collection: str | None, vector_name: str | None, text_key: str | None,
+              id_key: str | None) -> None:
         names = sorted(c.name for c in self._client.get_collections().collections)
         collection = choose_collection(self.path, "Qdrant", names, collection, "qdrant+path://FOLDER#COLLECTION")
         self.collection: str | None = collection
@@ -118,7 +145,8 @@ class QdrantReader(RowsInMemory):
             raise RagDiagError(f"{self.path}#{collection}: the collection is empty")
         points.sort(key=lambda point: _id_key(point.id))
         self._point_ids = [point.id for point in points]
-        self._ids = [str(point.id) for point in points]
+        self._ids = _doc_ids(points, id_key, f"{self.path}#{collection}")
+        from_payload = self._ids != [str(point.id) for point in points]
         self._texts, self._metadatas = [], []
         for point in points:
             text, metadata = _text_and_metadata(point.payload or {}, text_key)
@@ -127,6 +155,8 @@ class QdrantReader(RowsInMemory):
                 wanted = f"'{text_key}'" if text_key else ", ".join(TEXT_KEYS)
                 raise RagDiagError(f"{self.path}#{collection}: point {point.id} has no text in its payload (looked for "
                                    f"{wanted}; payload keys: {keys}); name the key with ?text=KEY")
+            if from_payload:  # the id is the row's id, not metadata
+                metadata.pop(id_key or ID_KEY, None)
             self._texts.append(text)
             self._metadatas.append(metadata)
 
@@ -154,6 +184,16 @@ class QdrantReader(RowsInMemory):
 
     def faiss_index(self) -> None:
         return None
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """The collection's own ``query_points`` for each query (rows of this reader, −1 padded)."""
+        row_of = {point_id: row for row, point_id in enumerate(self._point_ids)}
+        found = []
+        for query in np.asarray(queries, dtype=np.float32):
+            answer = self._client.query_points(self.collection, query=query.tolist(), using=self._vector_name,
+                                               limit=k, with_payload=False, with_vectors=False)
+            found.append([point.id for point in answer.points])
+        return rows_of(found, row_of, k)
 
     def close(self) -> None:
         client = getattr(self, "_client", None)
@@ -184,3 +224,67 @@ def _text_and_metadata(payload: dict[str, Any], text_key: str | None) -> tuple[s
         del rest["metadata"]
         rest = {**rest, **nested}
     return text, rest
+
+
+def _doc_ids(points: list[Any], id_key: str | None, where: str) -> list[str]:
+    """The points' document ids: their payload (or LangChain ``metadata``) value under ``id_key``, which must be
+    present and unique; without ``id_key``, the payload's :data:`ID_KEY` when every point id is the
+    :func:`point_id` of it (a store :func:`write_qdrant` wrote), else the point ids as strings."""
+    if id_key is None:
+        written = [(point.payload or {}).get(ID_KEY) for point in points]
+        if all(isinstance(doc_id, str) and str(point.id) == point_id(doc_id)
+               for point, doc_id in zip(points, written, strict=True)):
+            return [str(doc_id) for doc_id in written]
+        return [str(point.id) for point in points]
+    ids = []
+    for point in points:
+        payload = point.payload or {}
+        nested = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+        value = payload.get(id_key, nested.get(id_key))
+        if value is None:
+            raise RagDiagError(f"{where}: point {point.id} has no '{id_key}' in its payload (?id={id_key})")
+        ids.append(str(value))
+    if len(set(ids)) != len(ids):
+        raise RagDiagError(f"{where}: the payload key '{id_key}' is not unique across points (?id={id_key})")
+    return ids
+
+
+QDRANT_DISTANCES = {"cosine": "Cosine", "dot": "Dot", "l2": "Euclid"}
+ID_KEY = "doc_id"
+"""Payload key :func:`write_qdrant` keeps each document's own id under (open with ``?id=doc_id``)."""
+
+
+def point_id(doc_id: str) -> str:
+    """A stable UUID point id for a document id (UUID5 in the URL namespace of ``rag-diag:<doc id>``)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"rag-diag:{doc_id}"))
+
+
+def write_qdrant(folder: str | Path, rows: StoreRows, *, collection: str) -> str:
+    """A Qdrant local-mode folder holding one collection of ``rows``, written atomically; returns its URI.
+
+    Points get UUID5 ids derived from the document ids; the payload holds ``page_content`` (the text),
+    ``metadata`` (the metadata) and :data:`ID_KEY` (the document id), which the reader takes as the
+    document id because each point id is derived from it.
+    """
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError:
+        raise missing_library("qdrant-client", PIN, "Qdrant store") from None
+    with atomic.atomic_dir(folder, kind="qdrant-store") as tmp:
+        client = QdrantClient(path=str(tmp))
+        try:
+            distance = models.Distance(QDRANT_DISTANCES[rows.distance])
+            client.create_collection(collection, vectors_config=models.VectorParams(
+                size=int(rows.vectors.shape[1]), distance=distance))
+            for start in range(0, len(rows.ids), BATCH_SIZE):
+                stop = min(start + BATCH_SIZE, len(rows.ids))
+                client.upsert(collection, points=[
+                    models.PointStruct(id=point_id(doc_id), vector=vector.tolist(),
+                                       payload={"page_content": text, "metadata": dict(metadata), ID_KEY: doc_id})
+                    for doc_id, text, metadata, vector in zip(
+                        rows.ids[start:stop], rows.texts[start:stop], rows.metadatas[start:stop],
+                        np.asarray(rows.vectors[start:stop], dtype=np.float32), strict=True)
+                ])
+        finally:
+            client.close()
+    return f"qdrant+path://{folder}#{collection}"

@@ -1,41 +1,26 @@
 """A vector store under audit, in memory: its FAISS index and, by row, document ids, texts, metadata.
 
-:func:`open_store` reads, through a :class:`~rag_diag.stores.protocol.StoreReader`:
+:func:`open_reader` opens any supported store (the ``--store`` forms of :mod:`rag_diag.stores.uri`) as a
+:class:`~rag_diag.stores.protocol.StoreReader`: LangChain FAISS folders and bare FAISS index files
+(:class:`FaissReader`, over :mod:`rag_diag.stores.langchain`), Qdrant (:mod:`rag_diag.stores.qdrant`),
+Chroma (:mod:`rag_diag.stores.chroma`), Postgres + pgvector (:mod:`rag_diag.stores.pgvector`) and
+LlamaIndex storage (:mod:`rag_diag.stores.llamaindex`); each but the FAISS ones needs its optional extra.
 
-- a **LangChain FAISS store folder** (``index.faiss`` + ``index.pkl``; :mod:`rag_diag.stores.langchain`);
-- a **bare FAISS index file** beside a documents file (BEIR ``corpus.jsonl`` or one text per line,
-  in index order);
-- a **Qdrant local-mode folder** (``QdrantClient(path=FOLDER)``: ``meta.json`` + ``collection/``;
-  :mod:`rag_diag.stores.qdrant`, needs ``qdrant-client``);
-- a **Chroma persistent folder** (``chromadb.PersistentClient(path=FOLDER)``: ``chroma.sqlite3``;
-  :mod:`rag_diag.stores.chroma`, needs ``chromadb``).
-
-A folder is recognised by what it holds: ``chroma.sqlite3`` → Chroma; ``meta.json`` and
-``collection/`` → Qdrant; otherwise a LangChain FAISS store. The kind can also be named by a URI:
-
-- ``qdrant+path://FOLDER`` or ``qdrant+path://FOLDER#COLLECTION``, with the options
-  ``?vector=NAME`` (one of several named vectors) and ``?text=KEY`` (the payload key of the text),
-  placed before the fragment as in any URI: ``qdrant+path://stores/qdrant?vector=dense&text=body#docs``;
-- ``chroma://FOLDER`` or ``chroma://FOLDER#COLLECTION`` (``chroma+path://`` is the same);
-- ``langchain://FOLDER`` and ``faiss://FILE`` (the latter with ``documents``).
-
-FOLDER is a filesystem path taken as written after ``://`` (relative to the working directory unless
-it starts with ``/``, so ``qdrant+path:///srv/qdrant#docs`` is absolute; ``~`` is expanded;
-``%23`` / ``%3F`` stand for a ``#`` / ``?`` in the path). The collection may also be given as
-``collection=`` (the CLI's ``--collection``); a folder holding one collection needs neither.
-
-Qdrant and Chroma stores become an exact FAISS index (``IndexFlat``) over their stored vectors, rows
-sorted by id, with their distance (cosine: inner product on L2-normalised vectors; dot: inner product;
-euclid/l2: L2). FAISS stores keep their own index, which is what the audit measures.
+:func:`opened_store` / :func:`open_store` turn a reader into a :class:`StoredIndex`. FAISS stores keep their
+own index, which is what the audit measures (its ANN recall included). The others become an exact FAISS
+index (``IndexFlat``) over their stored vectors, in the reader's row order, with their distance (cosine:
+inner product on L2-normalised vectors; dot: inner product; l2: L2); while :func:`opened_store` holds the
+reader open, :meth:`StoredIndex.search` goes through the store's own search, so ANN recall is that of the
+store's real index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import faiss
 import numpy as np
@@ -43,11 +28,7 @@ import numpy as np
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError
 from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, StoreReader, exact_index
-
-SCHEMES = {"qdrant+path": "qdrant", "chroma": "chroma", "chroma+path": "chroma", "langchain": "langchain",
-           "faiss": "faiss"}
-"""URI schemes of :func:`open_store` and the store kind each names."""
-OPTIONS = {"qdrant": ("vector", "text"), "chroma": (), "langchain": (), "faiss": ()}
+from rag_diag.stores.uri import BARE_DOCUMENTS, BARE_INDEX, is_bare_faiss_folder, parse_store, sniff
 
 
 @dataclass(frozen=True)
@@ -60,6 +41,25 @@ class StoredIndex:
     doc_ids: list[str]
     texts: list[str]
     metadatas: list[dict[str, Any]]
+    distance: Distance | None = None
+    """The store's distance (None for a FAISS store, whose index metric says it)."""
+    native_search: Callable[[np.ndarray, int], np.ndarray | None] | None = None
+    """The store's own search (:meth:`StoreReader.search`) while its reader is open, else None."""
+
+    @property
+    def search_name(self) -> str:
+        """What :meth:`search` runs: the store's own search, or the FAISS index's type."""
+        return f"{self.kind} search" if self.native_search is not None else type(self.index).__name__
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Top-``k`` rows per query (n × k, −1 padded) through the store's own search when it has one, else
+        through :attr:`index` (queries as float32 in the stored vectors' space)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.native_search is not None:
+            found = self.native_search(queries, k)
+            if found is not None:
+                return np.asarray(found, dtype=np.int64)
+        return self.index.search(queries, k)[1].astype(np.int64)
 
     def corpus(self) -> Corpus:
         """The stored documents as a corpus (metadata kept, e.g. ``label``)."""
@@ -106,87 +106,66 @@ class FaissReader(RowsInMemory):
     def faiss_index(self) -> faiss.Index:
         return self._index
 
-    def close(self) -> None:
+    def search(self, queries: np.ndarray, k: int) -> None:
+        """None: the store searches with its FAISS index (:meth:`faiss_index`), which is audited as is."""
         return None
 
-
-def parse_store(store: str | Path) -> tuple[str | None, Path, str | None, dict[str, str]]:
-    """(kind named by a URI or None, path, collection from the fragment or None, URI options)."""
-    text = str(store)
-    scheme, sep, rest = text.partition("://")
-    if not sep or "/" in scheme or "\\" in scheme:
-        head, colon, _ = text.partition(":")
-        if colon and head.lower() in SCHEMES and not Path(store).expanduser().exists():
-            raise RagDiagError(f"{text}: a store URI that lost a '/' (passed as a Path?); pass it as a string, "
-                               f"{head}://FOLDER")
-        return None, Path(store).expanduser(), None, {}
-    kind = SCHEMES.get(scheme.lower())
-    if kind is None:
-        hint = " (a Qdrant server is not supported: use a local-mode folder, qdrant+path://FOLDER)" \
-            if scheme.lower() in ("qdrant", "http", "https", "grpc") else ""
-        raise RagDiagError(f"{text}: unknown store scheme '{scheme}' (known: {', '.join(SCHEMES)}){hint}")
-    rest, _, fragment = rest.partition("#")
-    rest, _, query = rest.partition("?")
-    if not rest:
-        raise RagDiagError(f"{text}: no folder after '{scheme}://'")
-    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else {}
-    unknown = sorted(set(options) - set(OPTIONS[kind]))
-    if unknown:
-        known = ", ".join(OPTIONS[kind]) or "none"
-        raise RagDiagError(f"{text}: unknown option(s) {', '.join(unknown)} for a {kind} store (known: {known})")
-    collection = unquote(fragment) or None
-    if collection is not None and kind in ("langchain", "faiss"):
-        raise RagDiagError(f"{text}: a {kind} store has no collections")
-    return kind, Path(unquote(rest)).expanduser(), collection, options
-
-
-def sniff(path: Path) -> str:
-    """The kind of store at ``path``: ``chroma``, ``qdrant``, ``langchain`` (any other folder) or ``faiss`` (a file)."""
-    from rag_diag.stores.chroma import is_chroma_folder
-    from rag_diag.stores.qdrant import is_qdrant_folder
-
-    if path.is_dir():
-        if is_chroma_folder(path):
-            return "chroma"
-        if is_qdrant_folder(path):
-            return "qdrant"
-        return "langchain"
-    if path.is_file():
-        return "faiss"
-    raise RagDiagError(f"{path}: no such store folder or FAISS index file")
+    def close(self) -> None:
+        return None
 
 
 def open_reader(
     store: str | Path, documents: str | Path | None = None, *, trust_store: bool = False,
     collection: str | None = None,
 ) -> StoreReader:
-    """A :class:`StoreReader` over the store at ``store`` (a path or URI, see the module docstring); close it."""
-    kind, path, fragment, options = parse_store(store)
-    if fragment is not None and collection is not None and fragment != collection:
-        raise RagDiagError(f"{store}: names collection '{fragment}' but --collection is '{collection}'")
-    collection = collection or fragment
+    """A :class:`StoreReader` over the store at ``store`` (a path or URI, :mod:`rag_diag.stores.uri`); close it."""
+    spec = parse_store(store)
+    if spec.collection is not None and collection is not None and spec.collection != collection:
+        raise RagDiagError(f"{spec.path}: names collection '{spec.collection}' but --collection is '{collection}'")
+    collection = collection or spec.collection
+    kind, path = spec.kind, spec.path
     if kind is None:
         kind = sniff(path)
-    elif kind != "faiss" and not path.is_dir():
+    elif spec.url is None and kind != "faiss" and not path.is_dir():
         raise RagDiagError(f"{path}: no such {kind} store folder")
-    if kind in ("qdrant", "chroma"):
-        if documents is not None:
-            raise RagDiagError(f"{path}: --documents is only for a bare FAISS index file, not a {kind} store")
-        if kind == "qdrant":
-            from rag_diag.stores.qdrant import QdrantReader
+    if documents is not None and kind != "faiss":
+        raise RagDiagError(f"{path}: --documents is only for a bare FAISS index file, not a {kind} store")
+    if collection is not None and kind in ("langchain", "faiss"):
+        raise RagDiagError(f"{path}: --collection is not for a {kind} store (it holds one)")
+    if kind == "qdrant":
+        from rag_diag.stores.qdrant import QdrantReader
 
-            return QdrantReader(path, collection, vector_name=options.get("vector"), text_key=options.get("text"))
+        return QdrantReader(path, collection, vector_name=spec.options.get("vector"), url=spec.url,
+                            text_key=spec.options.get("text"), id_key=spec.options.get("id"))
+    if kind == "chroma":
         from rag_diag.stores.chroma import ChromaReader
 
         return ChromaReader(path, collection)
-    if collection is not None:
-        raise RagDiagError(f"{path}: --collection is only for Qdrant and Chroma stores, not a {kind} store")
+    if kind == "pgvector":
+        from rag_diag.stores.pgvector import PgvectorReader, open_folder
+
+        names = {"table": "table", "id": "id_column", "text": "text_column", "embedding": "embedding_column",
+                 "distance": "distance"}
+        options: dict[str, Any] = {names[key]: value for key, value in spec.options.items()}
+        if spec.url is None:
+            return open_folder(path, collection=collection, **options)
+        return PgvectorReader(spec.url, collection=collection, path=path, **options)
+    if kind == "llamaindex":
+        from rag_diag.stores.llamaindex import LlamaIndexReader
+
+        return LlamaIndexReader(path, collection)
     if kind == "langchain":
         from rag_diag.stores.langchain import load_langchain_store
 
-        if documents is not None:
-            raise RagDiagError(f"{path}: --documents is only for a bare FAISS index file, not a store folder")
         return FaissReader(path, "langchain", *load_langchain_store(path, trust_store=trust_store))
+    return _bare_faiss(path, documents)
+
+
+def _bare_faiss(path: Path, documents: str | Path | None) -> FaissReader:
+    """A bare FAISS index file beside its documents file (index order), or a folder holding both
+    (``index.faiss`` + ``corpus.jsonl``, as ``store build --store-kind faiss`` writes)."""
+    if path.is_dir() and is_bare_faiss_folder(path) and documents is None:
+        path, documents = path / BARE_INDEX, path / BARE_DOCUMENTS
     if not path.is_file():
         raise RagDiagError(f"{path}: no such FAISS index file")
     if documents is None:
@@ -202,20 +181,36 @@ def open_reader(
     return FaissReader(path, "faiss", index, corpus.ids, corpus.texts, metadatas)
 
 
-def stored_from_reader(reader: StoreReader) -> StoredIndex:
-    """The store under audit: the reader's own FAISS index, else an exact one over its vectors."""
+def stored_from_reader(reader: StoreReader, *, native: bool = False) -> StoredIndex:
+    """The store under audit: the reader's own FAISS index, else an exact one over its vectors; with
+    ``native`` (the reader stays open meanwhile) :meth:`StoredIndex.search` uses the store's own search."""
     index = reader.faiss_index()
+    own = index is not None
     if index is None:
         index = exact_index(reader)
-    return StoredIndex(reader.path, reader.kind, index, reader.ids(), reader.texts(), reader.metadatas())
+    return StoredIndex(reader.path, reader.kind, index, reader.ids(), reader.texts(), reader.metadatas(),
+                       distance=None if own else reader.distance,
+                       native_search=reader.search if native and not own else None)
+
+
+@contextmanager
+def opened_store(
+    store: str | Path, documents: str | Path | None = None, *, trust_store: bool = False,
+    collection: str | None = None,
+) -> Iterator[StoredIndex]:
+    """The store under audit with its reader held open, so its own search can be measured; closed on exit."""
+    reader = open_reader(store, documents, trust_store=trust_store, collection=collection)
+    try:
+        yield stored_from_reader(reader, native=True)
+    finally:
+        reader.close()
 
 
 def open_store(
     store: str | Path, documents: str | Path | None = None, *, trust_store: bool = False,
     collection: str | None = None,
 ) -> StoredIndex:
-    """Open a store under audit: a LangChain FAISS folder, a FAISS index file with its documents file
-    (index order), a Qdrant local-mode folder or a Chroma persistent folder, by path or URI (module docstring)."""
+    """The store under audit, read and closed (no store-native search): any ``--store`` form."""
     reader = open_reader(store, documents, trust_store=trust_store, collection=collection)
     try:
         return stored_from_reader(reader)

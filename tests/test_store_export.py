@@ -119,7 +119,7 @@ def test_export_refuses_unknown_kinds(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", FOLDER_KINDS)
-def test_demo_switch_builds_each_kind_and_the_audit_finds_it_by_its_folder(kind, tmp_path, licences):
+def test_demo_switch_builds_each_kind_and_the_audit_finds_it_by_its_folder(kind, tmp_path, licences, licence_hub):
     """What one line of pipelines/demo.toml (``store_kind = …`` in ``build-store``) runs: build the store with
     the CLI, audit its folder (the audit step's ``store`` line is the same for every kind)."""
     import json
@@ -146,6 +146,25 @@ def test_demo_switch_builds_each_kind_and_the_audit_finds_it_by_its_folder(kind,
     duplicates = audit["exact_duplicates"]  # the planted copy, found under the corpus's own ids
     assert duplicates["n_to_delete"] == 1
     assert {duplicates["groups"][0]["keep"], *duplicates["groups"][0]["delete"]} == {doc_ids[0], "planted-copy"}
+    top = audit["hubness"]["top_hubs"][0]  # the hub chunk, against a brute-force 3-NN graph of the same means
+    assert (top["doc_id"], top["k_occurrence"]) == licence_hub
+
+
+@pytest.fixture(scope="module")
+def licence_hub(licences, minilm):
+    """(id, N_3) of the licence set's hub: the document in most 3-NN lists of the model's mean vectors
+    (cosine, brute force in float64), checked to be the unique maximum and a hub (N_3 ≥ 2·3)."""
+    from rag_diag.tokens.extract import encode_texts
+
+    doc_ids, texts, _ = licences
+    means = encode_texts(texts, model=minilm, ids=doc_ids).means().astype(np.float64)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    similarity = means @ means.T
+    np.fill_diagonal(similarity, -np.inf)
+    occurrence = np.bincount(np.argsort(-similarity, axis=1)[:, :3].ravel(), minlength=len(texts))
+    first, second = np.sort(occurrence)[::-1][:2]
+    assert first > second and first >= 6
+    return doc_ids[int(np.argmax(occurrence))], int(first)
 
 
 # ------------------------------------------------------------------------------------------------- URIs

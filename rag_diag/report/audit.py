@@ -18,6 +18,12 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _ids(ids: list[str], total: int) -> str:
+    """The listed ids, and how many more there are."""
+    shown = ", ".join(ids[:10]) or "none"
+    return shown + (f" and {total - min(len(ids), 10)} more" if total > min(len(ids), 10) else "")
+
+
 def audit_report(result: Any) -> ReportData:
     """ReportData: audit headline, the diagnosis' verdict / deciles / confusions, and the audit sections."""
     summary = result.summary
@@ -28,7 +34,9 @@ def audit_report(result: Any) -> ReportData:
         Headline("documents", f"{summary['n_documents']:,}",
                  f"dimension {summary['dim']}, {summary['store_kind']} store"),
         Headline("model agreement", _fmt(check["median_cos"], 4),
-                 f"median cosine on {check['n_sample']} documents (need ≥ {MODEL_AGREEMENT_MIN})"),
+                 f"{check['model']}+{check['pooling']}: median cosine on {check['n_sample']} documents "
+                 f"(need ≥ {MODEL_AGREEMENT_MIN})"),
+        Headline("exact duplicates", f"{summary['exact_duplicates']['n_to_delete']:,}", "chunks to delete"),
         Headline("near-duplicate clusters", f"{dups['n_clusters']:,}",
                  f"{dups['n_documents_in_clusters']} documents at cosine ≥ {NEAR_DUPLICATE_COS}"),
         Headline("hubness (N_k skew)", _fmt(hub["skewness"]), f"{hub['n_hubs']} hubs with N_k ≥ {HUB_FACTOR}k"),
@@ -39,6 +47,8 @@ def audit_report(result: Any) -> ReportData:
         Headline("MRR@10", _fmt(evaluation["metrics"].get("MRR@10")),
                  f"{evaluation['n_queries']} {'probe' if evaluation['queries'] == 'probes' else 'given'} queries"),
     ]
+    agreement = ", ".join(f"{name} {value:.3f}" for name, value in check["agreement"].items())
+    exact, long = summary["exact_duplicates"], summary["long_chunks"]
     top_hubs = pl.DataFrame(hub["top_hubs"]).join(
         result.documents.select("doc_id", "cluster_id", "collapse_mean"), on="doc_id", how="left"
     )
@@ -47,19 +57,28 @@ def audit_report(result: Any) -> ReportData:
         pl.col("labels").list.join(", ").alias("labels"),
     ).select("cluster_id", "size", "members", "labels", "min_edge_cos", "mean_collapse")
     sections = [
-        Section("Model check", (
-            f"Model '{check['model']}' re-encoded {check['n_sample']} seeded stored documents: cosine with the "
-            f"stored vectors median {check['median_cos']:.5f}, min {check['min_cos']:.5f}, mean "
-            f"{check['mean_cos']:.5f} (required median ≥ {MODEL_AGREEMENT_MIN}). Stored vectors are "
+        Section("Model and pooling check", (
+            f"Model '{check['model']}' re-encoded {check['n_sample']} seeded stored documents; pooled with "
+            f"{check['pooling']}, their cosine with the stored vectors has median {check['median_cos']:.5f}, min "
+            f"{check['min_cos']:.5f}, mean {check['mean_cos']:.5f} (required median ≥ {MODEL_AGREEMENT_MIN}). "
+            f"Median cosine of every candidate pooling: {agreement}. Stored vectors are "
             f"{'L2-normalised' if check['normalised'] else 'not normalised'}.")),
+        Section("Chunks to delete or re-chunk", (
+            f"{exact['n_groups']} groups of chunks with identical text: delete {exact['n_to_delete']} "
+            f"({_ids(exact['ids_to_delete'], exact['n_to_delete'])}), keeping the first of each group. "
+            f"{long['n_chunks']} chunks ({long['share']:.1%}) are longer than the model window of {long['window']} "
+            f"tokens ({long['tokens_not_embedded']:,} tokens never embedded): re-chunk "
+            f"{_ids(long['ids'], long['n_chunks'])}.")),
         Section.from_frame("Hubness", top_hubs, (
             f"k-occurrence N_k over the {hub['k']}-NN graph (Σ N_k = {hub['sum_k_occurrence']:,} = N·k): skewness "
             f"{hub['skewness']:.3f} ({hub['verdict']}; high above {HIGH_HUBNESS_SKEW}), {hub['n_hubs']} hubs "
             f"(N_k ≥ {HUB_FACTOR}k), {hub['n_antihubs']} documents never a neighbour. Top hubs:")),
         Section("ANN recall", (
-            f"recall@{ann['k']} of the stored {ann['index_type']} against exact search ({ann['metric']}) on "
+            f"recall@{ann['k']} of the store's {ann['index_type']} against exact search ({ann['metric']}) on "
             f"{ann['n_queries']} stored documents as queries: {ann['recall_at_k']:.4f} ({ann['verdict']}; "
-            f"lossy below {ANN_RECALL_OK}). A flat index is exact by construction.")),
+            f"lossy below {ANN_RECALL_OK}). "
+            + ("The store answered through its own search, at its own settings." if ann.get("native") else
+               "A flat index is exact by construction."))),
         Section.from_frame("Near-duplicate clusters", cluster_rows, (
             f"{dups['n_clusters']} connected components of kNN pairs with mean-pooled cosine ≥ {NEAR_DUPLICATE_COS}, "
             f"{dups['n_documents_in_clusters']} documents ({dups['share_documents_in_clusters']:.1%}); "

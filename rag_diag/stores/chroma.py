@@ -176,7 +176,8 @@ def write_chroma(folder: str | Path, rows: StoreRows, *, collection: str) -> str
         raise missing_library("chromadb", PIN, "Chroma store") from None
     with atomic.atomic_dir(folder, kind="chroma-store") as tmp:
         client = chromadb.PersistentClient(path=str(tmp))
-        target = client.create_collection(collection, configuration={"hnsw": {"space": SPACE_OF[rows.distance]}},
+        configuration: Any = {"hnsw": {"space": SPACE_OF[rows.distance]}}
+        target = client.create_collection(collection, configuration=configuration,
                                           embedding_function=None)  # type: ignore[arg-type]
         step = int(client.get_max_batch_size())
         for start in range(0, len(rows.ids), step):

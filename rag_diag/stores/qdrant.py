@@ -239,8 +239,8 @@ def _doc_ids(points: list[Any], id_key: str | None, where: str) -> list[str]:
     ids = []
     for point in points:
         payload = point.payload or {}
-        nested = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
-        value = payload.get(id_key, nested.get(id_key))
+        nested = payload.get("metadata")
+        value = payload.get(id_key, nested.get(id_key) if isinstance(nested, dict) else None)
         if value is None:
             raise RagDiagError(f"{where}: point {point.id} has no '{id_key}' in its payload (?id={id_key})")
         ids.append(str(value))

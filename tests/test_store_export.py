@@ -137,6 +137,8 @@ def test_demo_switch_builds_each_kind_and_the_audit_finds_it_by_its_folder(kind,
                      "--store-kind", kind]) == 0
         assert main(["audit", "--store", str(base / "store"), "--out", str(tmp_path / "audit"), "--k", "3",
                      "--sample", "10"]) == 0
+        wrong = main(["audit", "--store", str(base / "store"), "--model", "random-minilm",
+                      "--out", str(tmp_path / "wrong"), "--sample", "10"])
     finally:
         if kind == "pgvector":
             shutil.rmtree(base, ignore_errors=True)
@@ -148,6 +150,10 @@ def test_demo_switch_builds_each_kind_and_the_audit_finds_it_by_its_folder(kind,
     assert {duplicates["groups"][0]["keep"], *duplicates["groups"][0]["delete"]} == {doc_ids[0], "planted-copy"}
     top = audit["hubness"]["top_hubs"][0]  # the hub chunk, against a brute-force 3-NN graph of the same means
     assert (top["doc_id"], top["k_occurrence"]) == licence_hub
+    own = {"chroma": "chroma search", "qdrant": "qdrant search", "pgvector": "pgvector search"}
+    assert audit["ann"]["index_type"] == own.get(kind, "IndexFlat" if kind == "llamaindex" else "IndexFlatIP")
+    assert audit["ann"]["recall_at_k"] == 1.0  # 20 documents: every store's search visits them all
+    assert wrong == 2 and not (tmp_path / "wrong").exists()  # another model of the same dimension: refused
 
 
 @pytest.fixture(scope="module")

@@ -311,7 +311,8 @@ def test_store_of_cls_vectors_is_refused(real_store, minilm):
     from rag_diag.jobs.audit import audit_store
 
     root, _, _ = real_store
-    with pytest.raises(RagDiagError, match="agree with|does not reproduce") as error:
+    refusal = r"the stored vectors agree with minilm\+cls, not minilm\+mean .*pass --pooling cls$"
+    with pytest.raises(RagDiagError, match=refusal) as error:
         audit_store(stored_from_reader(read(root / "cls")), model=minilm, k=3, sample=10)
     assert "\n" not in str(error.value)
 

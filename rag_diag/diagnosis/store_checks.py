@@ -132,7 +132,7 @@ def ann_recall(stored: StoredIndex, exact: np.ndarray, rows: np.ndarray, k: int)
     flat.add(vectors)
     queries = vectors[rows]
     exact_scores, _ = flat.search(queries, k)
-    found = stored.search(queries, k)
+    found, answered_by = stored.search(queries, k)
     l2 = metric == faiss.METRIC_L2
     kth = -exact_scores[:, -1] if l2 else exact_scores[:, -1]
     hits = np.zeros(len(rows))
@@ -144,8 +144,8 @@ def ann_recall(stored: StoredIndex, exact: np.ndarray, rows: np.ndarray, k: int)
     recall = float((hits / k).mean())
     verdict = "exact" if recall == 1.0 else "ok" if recall >= ANN_RECALL_OK else "lossy"
     return {
-        "recall_at_k": recall, "k": k, "n_queries": len(rows), "index_type": stored.search_name,
-        "native": stored.native_search is not None, "metric": "l2" if l2 else "inner_product",
+        "recall_at_k": recall, "k": k, "n_queries": len(rows), "index_type": answered_by,
+        "native": answered_by == f"{stored.kind} search", "metric": "l2" if l2 else "inner_product",
         "threshold": ANN_RECALL_OK, "verdict": verdict,
     }
 

@@ -46,20 +46,15 @@ class StoredIndex:
     native_search: Callable[[np.ndarray, int], np.ndarray | None] | None = None
     """The store's own search (:meth:`StoreReader.search`) while its reader is open, else None."""
 
-    @property
-    def search_name(self) -> str:
-        """What :meth:`search` runs: the store's own search, or the FAISS index's type."""
-        return f"{self.kind} search" if self.native_search is not None else type(self.index).__name__
-
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, str]:
         """Top-``k`` rows per query (n × k, −1 padded) through the store's own search when it has one, else
-        through :attr:`index` (queries as float32 in the stored vectors' space)."""
+        through :attr:`index` (queries as float32 in the stored vectors' space), and what answered."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.native_search is not None:
             found = self.native_search(queries, k)
             if found is not None:
-                return np.asarray(found, dtype=np.int64)
-        return self.index.search(queries, k)[1].astype(np.int64)
+                return np.asarray(found, dtype=np.int64), f"{self.kind} search"
+        return self.index.search(queries, k)[1].astype(np.int64), type(self.index).__name__
 
     def corpus(self) -> Corpus:
         """The stored documents as a corpus (metadata kept, e.g. ``label``)."""

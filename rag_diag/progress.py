@@ -1,4 +1,5 @@
-"""Progress bars (rich) for anything that can take more than a few seconds."""
+"""Progress bars (rich) for anything that can take more than a few seconds: done / total, elapsed, and the
+time remaining (rich's estimate from the recent rate)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(file=sys.stderr)
     with Progress(
@@ -22,6 +30,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         transient=False,
     ) as progress:

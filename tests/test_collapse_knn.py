@@ -182,3 +182,31 @@ def test_layer_profile_covers_every_layer_of_minilm(minilm, tiny_texts, tmp_path
     store = encode_texts(tiny_texts, model=minilm, layers="all", out=tmp_path / "all")
     assert store.layers == list(range(minilm.num_layers + 1))
     check_layer_profile(store, sample=6, seed=0)
+
+
+def test_hnsw_graph_beyond_the_exact_limit_reports_its_recall():
+    """Beyond ``exact_limit`` the graph comes from HNSW; its reported recall@k equals an independent count
+    on the same seeded sample (exact cosines in float64, ties within 1e-5 counted as hits)."""
+    from rag_diag.collapse.knn import RECALL_QUERIES, neighbour_graph
+    from rag_diag.sampling import seeded_sample
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((40, 16))
+    means = centres[rng.integers(0, 40, 3000)] + 0.3 * rng.standard_normal((3000, 16))
+    k = 5
+    graph = neighbour_graph(means, k, exact_limit=1000, seed=0)
+    assert graph.index_type == "IndexHNSWFlat" and graph.n_recall_queries == RECALL_QUERIES
+    neighbours = graph.neighbours
+    assert neighbours.shape == (3000, k) and (neighbours >= 0).all()
+    assert not (neighbours == np.arange(3000)[:, None]).any()  # never itself
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+    hits = 0
+    for row in seeded_sample(3000, RECALL_QUERIES, 0):
+        cosines = unit @ unit[row]
+        cosines[row] = -np.inf
+        kth = np.sort(cosines)[-k]
+        hits += int(np.count_nonzero(cosines[neighbours[row]] >= kth - 1e-5))
+    assert graph.recall == pytest.approx(hits / (RECALL_QUERIES * k), abs=1e-12)
+    assert 0.5 < graph.recall <= 1.0
+    exact = neighbour_graph(means, k, exact_limit=3000)
+    assert exact.index_type == "IndexFlatIP" and exact.recall == 1.0 and exact.n_recall_queries == 0

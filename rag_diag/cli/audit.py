@@ -56,7 +56,8 @@ def audit_command(
         if export is not None and not is_server(export):
             check_out(Path(export), ARTEFACT_KINDS.get(stored.kind, "store"), force)
         result = audit_store(stored, model=model, pooling=pooling, queries=loaded_queries, qrels=loaded_qrels, k=k,
-                             sample=sample, seed=seed, command=recorded(context))
+                             sample=sample, seed=seed, command=recorded(context),
+                             on_estimate=lambda estimate: console.print(estimate.line()))
     if export is not None and export_pooling is not None:
         name = export_collection or f"rag-diag-{export_pooling}"
         written = export_vectors(result, stored, export, export_pooling, name)

@@ -1,7 +1,8 @@
 """Per-document collapse rate: SOCM of each document against its k nearest mean-pooled neighbours.
 
-For document d with neighbours n_1 … n_k under the mean-pooled cosine index (FAISS ``IndexFlatIP`` on
-L2-normalised means, d itself excluded):
+For document d with neighbours n_1 … n_k under the mean-pooled cosine index (d itself excluded; FAISS
+``IndexFlatIP`` on L2-normalised means up to :data:`EXACT_LIMIT` documents, ``IndexHNSWFlat`` beyond, whose
+recall@k against exact search is measured on a seeded sample of documents and reported with the result):
 
 - collapse_mean(d) = (1/k) Σ SOCM(d, n_i), collapse_max(d) = max_i SOCM(d, n_i),
 - top_confuser(d) = the n_i with the highest SOCM.
@@ -22,7 +23,8 @@ d_μ is exact either way; texts with at most r + 1 tokens are represented exactl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +36,14 @@ from rag_diag.progress import progress_bar
 from rag_diag.tokens.store import TokenStore
 
 DEFAULT_TOKEN_BUDGET = 1 << 17  # token rows loaded per chunk (≈ 400 MB at d = 384 in float64)
+EXACT_LIMIT = 50_000
+"""Up to this many documents the kNN graph is exact (N² d flops: ≈ 10¹² at 50,000 × 384); beyond, HNSW."""
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+RECALL_QUERIES = 500
+"""Documents whose HNSW neighbours are checked against exact search (recall@k of the graph)."""
+TIE_TOLERANCE = 1e-5
+"""A found neighbour whose exact cosine is within this of the k-th exact cosine counts as a true one (ties
+between near-duplicates; float32 cosines of unit vectors carry ~1e-7 error)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,22 @@ class KnnResult:
     collapse_mean: np.ndarray
     collapse_max: np.ndarray
     top_confuser: np.ndarray
+    graph: dict[str, Any] = field(default_factory=dict)
+    """How the neighbours were found: index type, recall@k against exact search, queries checked."""
+
+
+@dataclass(frozen=True)
+class NeighbourGraph:
+    """(N, k) neighbours, the FAISS index that found them, and its recall@k against exact search."""
+
+    neighbours: np.ndarray
+    index_type: str
+    recall: float
+    n_recall_queries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index_type": self.index_type, "recall_at_k": self.recall, "n_recall_queries": self.n_recall_queries,
+                "exact": self.index_type == "IndexFlatIP"}
 
 
 @dataclass(frozen=True)
@@ -74,27 +100,70 @@ class CovarianceSummary:
         )
 
 
-def knn_neighbours(means: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
-    """(N, k) nearest neighbours by cosine of the means (FAISS IndexFlatIP), self excluded.
+def _unit(means: np.ndarray) -> np.ndarray:
+    import faiss
 
-    Searches k + 1 and removes the document itself wherever it appears (ties between duplicates can
-    rank another document first); otherwise the (k+1)-th hit is dropped.
+    vectors = np.ascontiguousarray(means, dtype=np.float32).copy()
+    faiss.normalize_L2(vectors)
+    return vectors
+
+
+def _search_without_self(index: Any, vectors: np.ndarray, rows: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """(len(rows), k) hits of ``vectors[rows]`` with each query's own row removed (ties between duplicates
+    can rank another document first); otherwise the (k+1)-th hit is dropped."""
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        _, hits = index.search(vectors[part], k + 1)
+        for position, (row, found) in enumerate(zip(part, hits, strict=True), start=start):
+            others = found[(found != row) & (found >= 0)][:k]
+            out[position, : len(others)] = others
+    return out
+
+
+def knn_neighbours(means: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """(N, k) exact nearest neighbours by cosine of the means (FAISS IndexFlatIP), self excluded."""
+    return neighbour_graph(means, k, exact_limit=len(means), chunk=chunk).neighbours
+
+
+def neighbour_graph(
+    means: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, seed: int = 0, chunk: int = 4096,
+) -> NeighbourGraph:
+    """The kNN graph by cosine of the means: exact up to ``exact_limit`` documents, HNSW beyond.
+
+    For HNSW, recall@k = mean over :data:`RECALL_QUERIES` seeded documents q of
+    |{found h : cos(q, h) ≥ c_k(q) − TIE_TOLERANCE}| / k, with c_k(q) the k-th exact cosine (exact search of
+    the sample against every document).
     """
     import faiss
 
+    from rag_diag.sampling import seeded_sample
+
     if not 1 <= k < len(means):
         raise RagDiagError(f"--knn must be between 1 and {len(means) - 1} (the corpus has {len(means)} texts)")
-    vectors = np.ascontiguousarray(means, dtype=np.float32)
-    faiss.normalize_L2(vectors)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    out = np.empty((len(vectors), k), dtype=np.int64)
-    for start in range(0, len(vectors), chunk):
-        _, hits = index.search(vectors[start : start + chunk], k + 1)
-        for row, found in enumerate(hits, start=start):
-            others = found[(found != row) & (found >= 0)]
-            out[row] = others[:k]
-    return out
+    vectors = _unit(means)
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    rows = np.arange(len(vectors))
+    if len(vectors) <= exact_limit:
+        flat.add(vectors)
+        return NeighbourGraph(_search_without_self(flat, vectors, rows, k, chunk), "IndexFlatIP", 1.0, 0)
+    hnsw = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    hnsw.add(vectors)
+    hnsw.hnsw.efSearch = max(HNSW_EF_SEARCH, k + 1)
+    neighbours = _search_without_self(hnsw, vectors, rows, k, chunk)
+    flat.add(vectors)
+    short = np.flatnonzero((neighbours < 0).any(axis=1))  # HNSW returned fewer than k: those rows exactly
+    if len(short):
+        neighbours[short] = _search_without_self(flat, vectors, short, k, chunk)
+    sample = seeded_sample(len(vectors), RECALL_QUERIES, seed)
+    exact = _search_without_self(flat, vectors, sample, k, chunk)
+    hits = 0
+    for position, row in enumerate(sample):
+        kth = float(vectors[exact[position, -1]] @ vectors[row])
+        found = neighbours[row][neighbours[row] >= 0]
+        hits += int(np.count_nonzero(vectors[found] @ vectors[row] >= kth - TIE_TOLERANCE))
+    return NeighbourGraph(neighbours, "IndexHNSWFlat", hits / (len(sample) * k), len(sample))
 
 
 def covariance_summary(
@@ -159,7 +228,7 @@ def _summarise(doc_a: np.ndarray, doc_b: np.ndarray, socm: np.ndarray, k: int, n
 
 
 def knn_collapse(
-    store: TokenStore,
+    store: TokenStore | None,
     k: int,
     *,
     layer: int | None = None,
@@ -168,6 +237,8 @@ def knn_collapse(
     dtype: torch.dtype = torch.float64,
     rank: int | None = None,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
+    exact_limit: int = EXACT_LIMIT,
+    summary: CovarianceSummary | None = None,
     show_progress: bool = False,
 ) -> KnnResult:
     """SOCM of every document against its k nearest mean-pooled neighbours (see the module docstring).
@@ -176,27 +247,36 @@ def knn_collapse(
         k: neighbours per document (self excluded).
         rank: None for exact token matrices, else the rank-r covariance summary.
         token_budget: token rows held in memory per chunk (exact mode).
+        exact_limit: the kNN graph is exact up to this many documents, HNSW beyond (recall in ``graph``).
+        summary: rank-r summaries computed elsewhere (streamed shards, the Ray engine); then ``store`` may be
+            None and ``rank`` is the summary's.
     """
     device = resolve_device(device)
-    n_docs = len(store)
-    summary = None
-    if rank is not None:
+    if summary is None and rank is not None:
+        if store is None:
+            raise RagDiagError("kNN collapse needs a token store or precomputed summaries")
         summary = covariance_summary(store, rank, layer=layer, drop_special=drop_special, show_progress=show_progress)
-        means = summary.means
+    if summary is not None:
+        means, n_docs = summary.means, len(summary.means)
+        lengths = np.full(n_docs, summary.factors.shape[1], dtype=np.int64)  # a bank holds r rows per document
+    elif store is not None:
+        means, n_docs, lengths = store.means(layer, drop_special), len(store), store.lengths
     else:
-        means = store.means(layer, drop_special)
-    neighbours = knn_neighbours(means, k)
+        raise RagDiagError("kNN collapse needs a token store or precomputed summaries")
+    graph = neighbour_graph(means, k, exact_limit=exact_limit)
+    neighbours = graph.neighbours
     doc_a = np.repeat(np.arange(n_docs), k)
     doc_b = neighbours.reshape(-1)
     parts: list[PairStats] = []
     stats_parts: list[TextStats] = []
     with progress_bar(f"collapse: {k} neighbours per document", n_docs, enabled=show_progress) as advance:
-        for queries in _query_chunks(store.lengths, neighbours, token_budget):
+        for queries in _query_chunks(lengths, neighbours, token_budget):
             rows = slice(queries[0] * k, (queries[-1] + 1) * k)
             members, inverse = np.unique(np.concatenate([queries, doc_b[rows]]), return_inverse=True)
             if summary is not None:
                 bank = summary.bank(members, device, dtype)
             else:
+                assert store is not None
                 bank, stats = load_bank(
                     store, members, layer=layer, drop_special=drop_special, device=device, dtype=dtype
                 )
@@ -210,4 +290,4 @@ def knn_collapse(
         *(np.concatenate([getattr(s, f) for s in stats_parts]) for f in ("n_tokens", "trace", "concentration"))
     )
     collapse_mean, collapse_max, top_confuser = _summarise(doc_a, doc_b, pairs.socm, k, n_docs)
-    return KnnResult(doc_a, doc_b, pairs, text_stats, collapse_mean, collapse_max, top_confuser)
+    return KnnResult(doc_a, doc_b, pairs, text_stats, collapse_mean, collapse_max, top_confuser, graph.to_dict())

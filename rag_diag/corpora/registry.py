@@ -73,6 +73,12 @@ CORPORA: dict[str, CorpusSpec] = {
             "WEB verses as queries against KJV verses, aligned by verse id (optional)",
             "Debian sword-text-kjv, sword-text-web + PyPI pysword", "public domain", optional=True,
         ),
+        CorpusSpec(
+            "kb-scale", "rag_diag.corpora.scale:build", "rag_diag.corpora.scale:unavailable",
+            "mixed real knowledge base for scaling runs: licence rules and texts, Wikipedia, Bible verses",
+            "PyPI licensedcode-data, gensim (test data); Debian sword-text-kjv, sword-text-web + pysword",
+            "mixed: CC-BY-4.0 (ScanCode LicenseDB, nexB), CC-BY-SA (Wikipedia), public domain (Bible)",
+        ),
     )
 }
 

@@ -20,6 +20,8 @@ from objects held in memory (nothing is written to be read back):
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from rag_diag.sampling import seeded_sample
 from rag_diag.stores.export import pooled_rows, write_store
 from rag_diag.stores.protocol import Distance
 from rag_diag.stores.stored import StoredIndex
+from rag_diag.tokens.estimate import EncodeEstimate, estimate_encode
 from rag_diag.tokens.extract import encode_texts
 from rag_diag.tokens.store import TokenStore
 
@@ -104,6 +107,7 @@ def _summary(
             "median_collapse_rate": float(np.median(knn.collapse_mean)),
             "max_collapse_rate": float(knn.collapse_max.max()),
             "mean_concentration": float(knn.text_stats.concentration.mean()),
+            "neighbours": knn.graph,
         },
         "near_duplicates": {
             "threshold_cos": NEAR_DUPLICATE_COS, "n_clusters": clusters.height, "n_documents_in_clusters": in_clusters,
@@ -139,6 +143,7 @@ def audit_store(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     command: str = "",
+    on_estimate: Callable[[EncodeEstimate], None] | None = None,
 ) -> AuditResult:
     """Audit a stored index; nothing is written (see :func:`write_audit`).
 
@@ -153,6 +158,7 @@ def audit_store(
         sample: documents in the model-check sample, the ANN-recall query sample and the probe sample.
         seed: seed of those samples and of the probe edits.
         command: command line to record.
+        on_estimate: called, before the encoder pass, with what it will cost (:mod:`rag_diag.tokens.estimate`).
     """
     if k < 1:
         raise RagDiagError(f"--k must be at least 1, got {k}")
@@ -165,9 +171,17 @@ def audit_store(
         raise RagDiagError(f"{stored.path}: the store holds {n_docs} document(s); an audit needs two")
     encoder = model if isinstance(model, Encoder) else load_encoder(model)
     check = check_model(stored, encoder, sample, seed, pooling)
+    estimate = estimate_encode(stored.texts, encoder, seed=seed)
+    if on_estimate is not None:
+        on_estimate(estimate)
+    started = time.perf_counter()
     token_store = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
+    timings = {"encode_seconds": time.perf_counter() - started,
+               "encode_cache_hit": bool(token_store.report and token_store.report.cache_hit)}
     k_graph = min(k, n_docs - 1)
+    started = time.perf_counter()
     knn = knn_collapse(token_store, k_graph, show_progress=True)
+    timings["knn_collapse_seconds"] = time.perf_counter() - started
     hubs = hubness(knn.doc_b.reshape(n_docs, k_graph))
     cluster_ids = near_duplicate_clusters(n_docs, knn.doc_a, knn.doc_b, knn.pairs.cos)
     documents = documents_frame(stored.doc_ids, [m.get("label") for m in stored.metadatas], knn, hubs, cluster_ids)
@@ -176,7 +190,8 @@ def audit_store(
     recall = ann_recall(stored, exact_vectors(token_store, normalised, pooling),
                         seeded_sample(n_docs, sample, seed + 1), k)
     findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
-                "long_chunks": long_chunks(stored.doc_ids, token_store)}
+                "long_chunks": long_chunks(stored.doc_ids, token_store),
+                "estimate": estimate.to_dict(), "timings": timings}
     probes = queries is None
     if queries is None or qrels is None:
         queries, qrels = copy_probes(stored.corpus(), sample, seed)

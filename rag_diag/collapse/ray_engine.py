@@ -1,0 +1,295 @@
+"""Ray engine: the per-document rank-r summaries of kNN collapse, computed by Ray Data encoder actors.
+
+Pipeline (``--engine ray [--ray-address ADDR]``):
+
+1. ``ray.data.from_items`` over records (row, id, text). The corpus is already a list in the driver
+   (the readers produce one); ``from_items`` puts it into the object store, so remote nodes need no
+   access to the driver's files, and the row index travels with every record so the original order
+   can be restored however Ray reorders blocks.
+2. ``map_batches`` with an actor pool of :class:`_SummaryActor`: each actor loads the encoder once
+   (``load_encoder(model)`` for a registry name, or an unpickled :class:`Encoder` object), encodes
+   its batch into a token store in a private temporary folder (``cache=False``: actors never touch
+   the shared token cache, so they cannot race on it) and calls the local engine's
+   :func:`~rag_diag.collapse.knn.covariance_summary` on that store. Per document it returns what the
+   summary keeps, with A = (X − μ)/(‖μ‖·√n) and Σ = AᵀA = U Λ Uᵀ (normalised covariance):
+
+   - ``mean`` μ/‖μ‖ (d, float32), ``factor`` F = U_rᵀ A flattened (r·d, float32; FᵀF = Σ_r),
+   - ``kept`` = Σ_{i≤r} λ_i, ``tail`` τ = tr Σ − kept,
+   - raw statistics ``n_tokens`` n, ``trace`` S(X) = tr Σ(X), ``concentration`` S(X)/‖μ(X)‖².
+3. Optionally the shards are written as parquet into ``shard_dir`` and read back; rows are sorted by
+   row index into a :class:`~rag_diag.collapse.knn.CovarianceSummary`.
+4. :func:`knn_collapse_from_summary` runs the local engine's kNN search and SOCM code on it.
+
+Agreement with the local engine: every per-document quantity depends on that document's token matrix
+only, computed by the same code. Batch composition changes only the zero padding of the encoder's
+input (masked out of attention, so float32 rounding of the forward pass at most) and the width of the
+zero-padded Gram matrix whose eigendecomposition gives F (rounding only; F is defined up to the sign
+of each row, FᵀF is not).
+
+Ray is an optional extra (``pip install 'ray[data]==2.60.0'``), imported only here and only when used.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rag_diag.collapse.knn import (
+    DEFAULT_TOKEN_BUDGET,
+    CovarianceSummary,
+    KnnResult,
+    _query_chunks,
+    _summarise,
+    covariance_summary,
+    knn_neighbours,
+)
+from rag_diag.collapse.socm import PairStats, TextStats, fast_pairs
+from rag_diag.devices import resolve_device
+from rag_diag.errors import RagDiagError, first_line
+from rag_diag.models.protocol import Encoder
+
+MISSING_RAY = "the Ray engine needs the 'ray' package: pip install 'ray[data]==2.60.0'"
+CONNECT_TIMEOUT_S = 5.0
+COLUMNS = ("row", "id", "mean", "factor", "kept", "tail", "n_tokens", "trace", "concentration")
+
+
+class _SummaryActor:
+    """Ray Data callable class: one encoder per actor, one rank-r summary per document of each batch."""
+
+    def __init__(
+        self,
+        model: str | Encoder,
+        rank: int,
+        batch_size: int,
+        max_seq_length: int | None,
+        layer: int | None,
+        drop_special: bool,
+        device: str,
+    ) -> None:
+        if isinstance(model, str):
+            from rag_diag.models.loading import load_encoder
+
+            self.encoder: Encoder = load_encoder(model, device, max_seq_length)
+        else:
+            self.encoder = model
+        self.rank, self.batch_size, self.layer, self.drop_special = rank, batch_size, layer, drop_special
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from rag_diag.tokens.extract import encode_texts
+
+        ids = [str(i) for i in batch["id"]]
+        with tempfile.TemporaryDirectory(prefix="rag-diag-ray-") as tmp:
+            store = encode_texts(
+                [str(t) for t in batch["text"]], model=self.encoder, ids=ids, cache=False, out=Path(tmp) / "store",
+                layers="last" if self.layer is None else [self.layer], batch_size=self.batch_size,
+            )
+            summary = covariance_summary(store, self.rank, layer=self.layer, drop_special=self.drop_special)
+            del store  # release the memory maps before the folder goes
+        n = len(ids)
+        return {
+            "row": np.asarray(batch["row"], dtype=np.int64), "id": np.asarray(ids, dtype=object),
+            "mean": summary.means, "factor": summary.factors.reshape(n, -1),
+            "kept": summary.traces, "tail": summary.tail, "n_tokens": summary.text_stats.n_tokens,
+            "trace": summary.text_stats.trace, "concentration": summary.text_stats.concentration,
+        }
+
+
+def _assemble(parts: Sequence[dict[str, np.ndarray]], ids: Sequence[str], rank: int) -> CovarianceSummary:
+    """Concatenate shard batches and sort them by row index; every row 0 … N−1 must come back once."""
+    if not parts:
+        raise RagDiagError("the Ray engine returned no rows")
+    columns = {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in COLUMNS}
+    order = np.argsort(columns["row"], kind="stable")
+    if not np.array_equal(columns["row"][order], np.arange(len(ids))):
+        raise RagDiagError(f"the Ray engine returned {len(order)} rows for {len(ids)} texts (lost or repeated rows)")
+    if [str(i) for i in columns["id"][order]] != list(ids):
+        raise RagDiagError("the Ray engine returned rows whose ids do not match their row index")
+    means = np.asarray(columns["mean"][order], dtype=np.float32)
+    factors = np.asarray(columns["factor"][order], dtype=np.float32).reshape(len(ids), rank, means.shape[1])
+    stats = TextStats(
+        n_tokens=columns["n_tokens"][order].astype(np.int64),
+        trace=columns["trace"][order].astype(np.float64),
+        concentration=columns["concentration"][order].astype(np.float64),
+    )
+    return CovarianceSummary(means=means, factors=factors, traces=columns["kept"][order].astype(np.float64),
+                             tail=columns["tail"][order].astype(np.float64), text_stats=stats)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library is part of the extra)
+    except ImportError:
+        raise RagDiagError(MISSING_RAY) from None
+    return ray
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a plain host:port nobody listens on (``ray.init`` would retry for minutes)."""
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise RagDiagError(f"cannot connect to the Ray cluster at {address}: {first_line(exc)}") from None
+
+
+@contextmanager
+def _ray_session(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[None]:
+    """Use a running Ray, else connect to ``address`` / start a local instance; shut down only what we started."""
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if address:
+            _probe(address)
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except RagDiagError:
+        raise
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError … here
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise RagDiagError(f"cannot start {where}: {first_line(exc)}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _ray_failure(exc: BaseException) -> RagDiagError:
+    """One line for a failed Ray run: a RagDiagError raised in an actor as is, else the root cause."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        if isinstance(current, RagDiagError):
+            return RagDiagError(str(current))
+        seen.append(current)
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return RagDiagError(f"the Ray engine failed: {first_line(seen[-1])}")
+
+
+def actor_env() -> dict[str, str]:
+    """Environment of the encoder actors: offline Hugging Face (unless RAG_DIAG_ONLINE=1) and this cache."""
+    from rag_diag.models.registry import cache_root
+
+    online = os.environ.get("RAG_DIAG_ONLINE") == "1"
+    env = {"HF_HUB_OFFLINE": "0" if online else "1", "TRANSFORMERS_OFFLINE": "0" if online else "1",
+           "RAG_DIAG_CACHE": str(cache_root())}
+    if online:
+        env["RAG_DIAG_ONLINE"] = "1"
+    return env
+
+
+def ray_summaries(
+    texts: Sequence[str],
+    ids: Sequence[str],
+    *,
+    model: str | Encoder,
+    rank: int,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    layer: int | None = None,
+    drop_special: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float = 1.0,
+    num_gpus_per_actor: float = 0.0,
+    shard_dir: str | Path | None = None,
+    show_progress: bool = False,
+) -> CovarianceSummary:
+    """Rank-r covariance summaries of ``texts`` (in order) computed by Ray Data encoder actors.
+
+    Equal, document by document, to ``covariance_summary(encode_texts(texts, model=model, ids=ids), rank,
+    layer=layer, drop_special=drop_special)`` (see the module docstring).
+
+    Args:
+        model: a registry name or model folder (loaded once per actor) or an :class:`Encoder` (pickled).
+        batch_size: texts per Ray batch (one forward pass each).
+        layer: hidden layer (None: the last).
+        address: an existing cluster (``host:port``, ``auto``, ``ray://…``); None starts a local instance
+            with ``num_cpus`` CPUs. A Ray already initialised in this process is used as it is.
+        actors: fixed actor-pool size (None: Ray scales the pool).
+        cpus_per_actor, num_gpus_per_actor: resources per actor; with GPUs a registry model loads on CUDA.
+        shard_dir: also write the per-document shards there as parquet (an empty or new folder, on
+            storage every node sees) and read them back.
+    """
+    from rag_diag.tokens.extract import _validate_texts
+
+    if rank < 1:
+        raise RagDiagError(f"--rank must be at least 1, got {rank}")
+    if batch_size < 1:
+        raise RagDiagError(f"batch size must be at least 1, got {batch_size}")
+    ids = [str(i) for i in ids]
+    _validate_texts(ids, texts)
+    shard_path = Path(shard_dir) if shard_dir is not None else None
+    if shard_path is not None and shard_path.exists() and (not shard_path.is_dir() or any(shard_path.iterdir())):
+        raise RagDiagError(f"{shard_path}: the shard folder must be new or empty")
+    ray = _import_ray()
+    device = "cuda" if num_gpus_per_actor > 0 else "cpu"
+    constructor = {"model": model, "rank": rank, "batch_size": batch_size, "max_seq_length": max_seq_length,
+                   "layer": layer, "drop_special": drop_special, "device": device}
+    records = [{"row": row, "id": doc_id, "text": text} for row, (doc_id, text) in enumerate(zip(ids, texts, strict=True))]
+    with _ray_session(ray, address, num_cpus):
+        context = ray.data.DataContext.get_current()
+        progress_before, context.enable_progress_bars = context.enable_progress_bars, show_progress
+        try:
+            dataset = ray.data.from_items(records, override_num_blocks=-(-len(records) // batch_size)).map_batches(
+                _SummaryActor, batch_size=batch_size, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors) if actors else ray.data.ActorPoolStrategy(),
+                fn_constructor_kwargs=constructor, num_cpus=cpus_per_actor, num_gpus=num_gpus_per_actor,
+                runtime_env={"env_vars": actor_env()},
+            )
+            if shard_path is not None:
+                dataset.write_parquet(str(shard_path))
+                dataset = ray.data.read_parquet(str(shard_path))
+            parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        except RagDiagError:
+            raise
+        except Exception as exc:  # RayTaskError, ActorDiedError, UserCodeException, …
+            raise _ray_failure(exc) from None
+        finally:
+            context.enable_progress_bars = progress_before
+    return _assemble(parts, ids, rank)
+
+
+def knn_collapse_from_summary(
+    summary: CovarianceSummary,
+    k: int,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+) -> KnnResult:
+    """kNN collapse from precomputed rank-r summaries: ``knn_collapse(store, k, rank=r)`` without the store.
+
+    Same code path as the local engine's rank-r mode: neighbours by cosine of the means
+    (:func:`knn_neighbours`), SOCM of each (document, neighbour) pair on the factor banks
+    (:func:`fast_pairs`: d_μ = (1 − cos)/2, d_Σ = BW²(F1ᵀF1, F2ᵀF2)/4, SOCM = (1 − d_μ)·d_Σ), then
+    collapse_mean = mean, collapse_max = max and top_confuser = argmax over the k neighbours.
+    Documents are chunked as there (by token count, ``text_stats.n_tokens``).
+    """
+    device = resolve_device(device)
+    n_docs = len(summary.means)
+    neighbours = knn_neighbours(summary.means, k)
+    doc_a = np.repeat(np.arange(n_docs), k)
+    doc_b = neighbours.reshape(-1)
+    parts: list[PairStats] = []
+    for queries in _query_chunks(summary.text_stats.n_tokens, neighbours, token_budget):
+        rows = slice(queries[0] * k, (queries[-1] + 1) * k)
+        members, inverse = np.unique(np.concatenate([queries, doc_b[rows]]), return_inverse=True)
+        bank = summary.bank(members, device, dtype)
+        parts.append(fast_pairs(bank, np.repeat(inverse[: len(queries)], k), inverse[len(queries) :]))
+    pairs = PairStats.concat(parts)
+    collapse_mean, collapse_max, top_confuser = _summarise(doc_a, doc_b, pairs.socm, k, n_docs)
+    return KnnResult(doc_a, doc_b, pairs, summary.text_stats, collapse_mean, collapse_max, top_confuser)

@@ -1,0 +1,87 @@
+"""What an encoder pass will cost, said before it starts: documents, tokens, forward passes, bytes, time.
+
+The counts are exact (the whole corpus is tokenised, which is cheap next to the forward pass):
+
+    tokens   T = Σ_i min(n_i, W)            (n_i: text i's tokens with special tokens, W: the window)
+    passes   P = ⌈N / B⌉                     (B: the batch size)
+    bytes    S = T · d · s                   (s = 4 for a float32 token store, 2 for float16; one layer)
+
+The time comes from a calibration batch of seeded documents encoded first (their forward passes only):
+
+    seconds ≈ t_c · T / T_c                  (t_c: the calibration time, T_c: its tokens)
+
+It is an estimate: attention is quadratic in length and batches pad to their longest text, so a corpus
+whose lengths differ from the sample's is off by the ratio of their padded costs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rag_diag.models.protocol import Encoder
+from rag_diag.sampling import seeded_sample
+
+CALIBRATION_DOCS = 64
+BYTES_PER_VALUE = {"float32": 4, "float16": 2}
+
+
+@dataclass(frozen=True)
+class EncodeEstimate:
+    """Counts and the calibrated time of one encoder pass over a corpus."""
+
+    model: str
+    n_documents: int
+    n_tokens: int
+    n_truncated: int
+    forward_passes: int
+    store_bytes: int
+    calibration_documents: int
+    calibration_seconds: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        mib = self.store_bytes / 2**20
+        return (f"expect {self.n_documents:,} documents, {self.n_tokens:,} tokens ({self.n_truncated:,} texts cut to "
+                f"the window), {self.forward_passes:,} forward passes of {self.model}, a {mib:,.0f} MiB token "
+                f"store, ≈ {_duration(self.seconds)} of encoding (calibrated on "
+                f"{self.calibration_documents} documents in {self.calibration_seconds:.1f} s)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_encode(
+    texts: Sequence[str], encoder: Encoder, *, batch_size: int = 32, dtype: str = "float32",
+    calibration: int = CALIBRATION_DOCS, seed: int = 0,
+) -> EncodeEstimate:
+    """Tokenise every text, time the forward passes of a seeded calibration sample, extrapolate (docstring)."""
+    tokenized = encoder.tokenize(list(texts))
+    lengths = [len(ids) for ids in tokenized.input_ids]
+    n_tokens = sum(lengths)
+    sample = sorted(seeded_sample(len(texts), calibration, seed), key=lambda row: lengths[row])
+    batches = [[tokenized.input_ids[row] for row in sample[start : start + batch_size]]
+               for start in range(0, len(sample), batch_size)]
+    started = time.perf_counter()
+    for batch in batches:
+        encoder.hidden_states(batch, [encoder.num_layers])
+    elapsed = time.perf_counter() - started
+    sample_tokens = max(sum(lengths[row] for row in sample), 1)
+    return EncodeEstimate(
+        model=encoder.name, n_documents=len(texts), n_tokens=n_tokens, n_truncated=int(tokenized.n_truncated),
+        forward_passes=math.ceil(len(texts) / batch_size),
+        store_bytes=n_tokens * encoder.dim * BYTES_PER_VALUE[dtype],
+        calibration_documents=len(sample), calibration_seconds=elapsed, seconds=elapsed * n_tokens / sample_tokens,
+    )

@@ -18,6 +18,7 @@ import pytest
 from scipy import stats
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from test_collapse import gram_atol
 from test_index_helpers import write_licence_beir
 
 from rag_diag.corpora.io import Corpus, Qrels, Queries, load_beir, load_corpus
@@ -349,3 +350,36 @@ def test_ann_recall_counts_ties_as_hits():
     flat = faiss.IndexFlatIP(4)
     flat.add(vectors[::-1].copy())  # another order: tied neighbours come back in another order
     assert ann_recall(_as_store(flat), vectors[::-1].copy(), np.arange(12), 2)["recall_at_k"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- bounded memory
+
+
+@pytest.mark.slow  # two whole audits
+def test_budget_below_the_token_store_audits_from_shard_built_summaries(kb, mock_store, mock_encoder, audited):
+    """A budget smaller than the token store: the pass is shard-built, kNN collapse runs on the rank-r
+    summaries and reports its bound, which holds against the token-store audit's exact SOCM; the store's own
+    run (same index, same queries) scores the same; the evaluation encodes only the documents it reads."""
+    queries, qrels = copy_queries(kb)
+    store_bytes = audited.summary["estimate"]["store_bytes"]
+    small = audit_store(mock_store, model=mock_encoder, queries=queries, qrels=qrels, k=K, sample=20,
+                        memory_budget=store_bytes // 4, command="rag-diag audit (small budget)")
+    memory = small.summary["memory"]
+    assert audited.summary["memory"]["mode"] == "token-store" and memory["mode"] == "summaries"
+    assert memory["shard_docs"] < len(kb.ids) and small.summary["timings"]["n_shards"] > 1
+    assert small.tokens is None and memory["rank"] >= 1
+    bound = small.summary["collapse"]["error_bound"]
+    exact, approx = audited.collapse.pairs, small.collapse.pairs
+    for column in ("doc_a", "doc_b"):  # the same kNN pairs: the summaries keep the means exactly
+        assert exact[column].to_list() == approx[column].to_list()
+    # the bound (maths) plus one Gram-route rounding per side, at the longest text and largest trace here
+    docs = audited.collapse.docs
+    width, trace = int(docs["n_tokens"].max()), float(docs["concentration"].max())
+    rounding = gram_atol(width, mock_encoder.dim, trace, trace) + gram_atol(memory["rank"], mock_encoder.dim,
+                                                                           trace, trace)
+    errors = np.abs(exact["socm"].to_numpy() - approx["socm"].to_numpy())
+    assert errors.max() <= bound["max_socm_error_bound"] + rounding
+    assert small.evaluation.manifest["metrics"]["mean"] == audited.evaluation.manifest["metrics"]["mean"]
+    assert small.summary["timings"]["evaluation_documents_encoded"] <= len(kb.ids)
+    assert small.summary["long_chunks"] == audited.summary["long_chunks"]
+    assert small.summary["exact_duplicates"] == audited.summary["exact_duplicates"]

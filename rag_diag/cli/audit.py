@@ -34,6 +34,9 @@ def audit_command(
                                                             "recommends).")] = None,
     export_collection: Annotated[str | None, typer.Option(help="Collection name of the export (default: "
                                                                "rag-diag-POOLING).")] = None,
+    memory_budget: Annotated[float, typer.Option(help="GiB of corpus data the audit may hold; over it the pass "
+                                                      "keeps shard-built rank-r summaries.")] = 2.0,
+    max_store: Annotated[float | None, typer.Option(help="Largest token store (GiB) the audit may write.")] = None,
     force: Force = False,
 ) -> Any:
     """Audit a vector store: model check, near-duplicates, collapse, hubness, ANN recall, evaluation."""
@@ -57,6 +60,8 @@ def audit_command(
             check_out(Path(export), ARTEFACT_KINDS.get(stored.kind, "store"), force)
         result = audit_store(stored, model=model, pooling=pooling, queries=loaded_queries, qrels=loaded_qrels, k=k,
                              sample=sample, seed=seed, command=recorded(context),
+                             memory_budget=_bytes(memory_budget, "--memory-budget"),
+                             max_store=None if max_store is None else _bytes(max_store, "--max-store"),
                              on_estimate=lambda estimate: console.print(estimate.line()))
     if export is not None and export_pooling is not None:
         name = export_collection or f"rag-diag-{export_pooling}"
@@ -73,3 +78,11 @@ def audit_command(
     )
     return result
 
+
+
+def _bytes(gib: float, option: str) -> int:
+    from rag_diag.errors import RagDiagError
+
+    if not gib > 0:
+        raise RagDiagError(f"{option} must be a positive number of GiB, got {gib}")
+    return int(gib * 2**30)

@@ -32,6 +32,7 @@ Ray is an optional extra (``pip install 'ray[data]==2.60.0'``), imported only he
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,8 @@ from rag_diag.models.protocol import Encoder
 
 MISSING_RAY = "the Ray engine needs the 'ray' package: pip install 'ray[data]==2.60.0'"
 CONNECT_TIMEOUT_S = 5.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
 COLUMNS = ("row", "id", "mean", "factor", "kept", "tail", "n_tokens", "trace", "concentration")
 
 
@@ -167,15 +170,26 @@ def _ray_session(ray: Any, address: str | None, num_cpus: int | None) -> Iterato
 
 
 def _ray_failure(exc: BaseException) -> RagDiagError:
-    """One line for a failed Ray run: a RagDiagError raised in an actor as is, else the root cause."""
-    seen: list[BaseException] = []
+    """One line for a failed Ray run: the actor's own error, found in Ray's wrapped tracebacks.
+
+    Ray passes the actor-side exception to the driver as traceback text only (inside
+    ``RayTaskError`` / ``ActorDiedError``), so the first ``Type: message`` line that is not Ray's own
+    is quoted; a RagDiagError raised in an actor keeps its message as it is.
+    """
+    texts: list[str] = []
     current: BaseException | None = exc
-    while current is not None and current not in seen:
+    while current is not None and len(texts) < 16:
         if isinstance(current, RagDiagError):
             return RagDiagError(str(current))
-        seen.append(current)
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    return RagDiagError(f"the Ray engine failed: {first_line(seen[-1])}")
+        texts.append(_ANSI.sub("", str(current)))
+        current = getattr(current, "cause", None) or current.__cause__
+    raised = [m for text in texts for m in _RAISED.finditer(text) if not m.group(1).startswith("ray.")]
+    for match in raised:
+        if match.group(1).endswith("RagDiagError"):
+            return RagDiagError(match.group(2))
+    if raised:
+        return RagDiagError(f"the Ray engine failed: {raised[0].group(1).rpartition('.')[2]}: {raised[0].group(2)}")
+    return RagDiagError(f"the Ray engine failed: {first_line(exc)}")
 
 
 def actor_env() -> dict[str, str]:
@@ -239,7 +253,8 @@ def ray_summaries(
     device = "cuda" if num_gpus_per_actor > 0 else "cpu"
     constructor = {"model": model, "rank": rank, "batch_size": batch_size, "max_seq_length": max_seq_length,
                    "layer": layer, "drop_special": drop_special, "device": device}
-    records = [{"row": row, "id": doc_id, "text": text} for row, (doc_id, text) in enumerate(zip(ids, texts, strict=True))]
+    records = [{"row": row, "id": doc_id, "text": text}
+               for row, (doc_id, text) in enumerate(zip(ids, texts, strict=True))]
     with _ray_session(ray, address, num_cpus):
         context = ray.data.DataContext.get_current()
         progress_before, context.enable_progress_bars = context.enable_progress_bars, show_progress

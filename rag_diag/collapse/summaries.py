@@ -102,3 +102,54 @@ def bound_summary(bound: np.ndarray, rank: int) -> dict[str, Any]:
     return {"rank": rank, "max_socm_error_bound": float(bound.max()) if len(bound) else 0.0,
             "mean_socm_error_bound": float(bound.mean()) if len(bound) else 0.0,
             "share_pairs_exact": float(np.mean(bound == 0.0)) if len(bound) else 1.0}
+
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+"""Bytes of corpus data an audit may hold (token store pages, summaries, a shard): sized for a laptop, on top
+of the ≈ 1 GiB that Python, torch and the model take."""
+STORE_SHARE, SUMMARY_SHARE, SHARD_SHARE = 0.5, 0.25, 0.1
+"""Shares of the budget for a whole token store, for the summaries, and for one shard's token store."""
+MAX_RANK = 16
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How an audit holds the corpus: a whole token store, or shard-built rank-r summaries (and why)."""
+
+    mode: str
+    budget_bytes: int
+    store_bytes: int
+    max_store_bytes: int | None
+    rank: int | None
+    shard_docs: int | None
+    summary_bytes: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_memory(
+    n_docs: int, n_tokens: int, store_bytes: int, dim: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    max_store_bytes: int | None = None,
+) -> MemoryPlan:
+    """The token store when it fits (≤ STORE_SHARE of the budget and ≤ ``max_store_bytes``), else summaries:
+
+    r = min(MAX_RANK, ⌊SUMMARY_SHARE·budget / (N·d·4)⌋) (at least 1), the N·(r + 1)·d float32 summaries;
+    shard = ⌊SHARD_SHARE·budget / (T/N · d · 4)⌋ documents (at least 1), one shard's token store.
+    """
+    if budget_bytes <= 0:
+        raise RagDiagError(f"--memory-budget must be positive, got {budget_bytes}")
+    fits = store_bytes <= STORE_SHARE * budget_bytes and (max_store_bytes is None or store_bytes <= max_store_bytes)
+    if fits:
+        return MemoryPlan("token-store", budget_bytes, store_bytes, max_store_bytes, None, None, 0,
+                          f"the token store ({store_bytes / 2**20:,.0f} MiB) fits the budget")
+    rank = max(1, min(MAX_RANK, int(SUMMARY_SHARE * budget_bytes // max(n_docs * dim * 4, 1))))
+    per_doc = max(n_tokens / max(n_docs, 1), 1.0) * dim * 4
+    shard = max(1, min(n_docs, int(SHARD_SHARE * budget_bytes // per_doc)))
+    capped = max_store_bytes is not None and store_bytes > max_store_bytes
+    why = (f"the token store ({store_bytes / 2**20:,.0f} MiB) is over "
+           + (f"--max-store ({max_store_bytes / 2**20:,.0f} MiB)" if capped and max_store_bytes is not None
+              else f"half the memory budget ({budget_bytes / 2**20:,.0f} MiB)"))
+    return MemoryPlan("summaries", budget_bytes, store_bytes, max_store_bytes, rank, shard,
+                      n_docs * (rank + 1) * dim * 4, why)

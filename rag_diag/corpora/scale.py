@@ -102,7 +102,7 @@ def chunk_paragraphs(paragraphs: list[str], max_words: int = CHUNK_WORDS) -> lis
         if current and len(current) + len(piece) > max_words:
             chunks.append(" ".join(current))
             current = []
-        current = current + piece
+        current.extend(piece)
     if current:
         chunks.append(" ".join(current))
     return chunks

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag_diag.tokens.store import TokenStore
+import numpy as np
 
 LISTED = 50
 """At most this many ids are listed per finding in ``audit.json`` (the counts are complete)."""
@@ -31,11 +31,11 @@ def exact_duplicates(doc_ids: list[str], texts: list[str]) -> dict[str, Any]:
     }
 
 
-def long_chunks(doc_ids: list[str], tokens: TokenStore) -> dict[str, Any]:
+def long_chunks(doc_ids: list[str], full_lengths: np.ndarray, window: int) -> dict[str, Any]:
     """Chunks longer than the window: their count, share, the tokens not embedded, and their ids (longest first)."""
-    over = tokens.full_lengths - tokens.window
+    over = np.asarray(full_lengths, dtype=np.int64) - int(window)
     rows = [int(r) for r in sorted(range(len(doc_ids)), key=lambda r: (-int(over[r]), r)) if over[r] > 0]
     return {
-        "window": int(tokens.window), "n_chunks": len(rows), "share": len(rows) / max(len(doc_ids), 1),
+        "window": int(window), "n_chunks": len(rows), "share": len(rows) / max(len(doc_ids), 1),
         "tokens_not_embedded": int(over[over > 0].sum()), "ids": [doc_ids[r] for r in rows[:LISTED]],
     }

@@ -20,7 +20,6 @@ from objects held in memory (nothing is written to be read back):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ import numpy as np
 import polars as pl
 
 from rag_diag import atomic
-from rag_diag.collapse.knn import KnnResult, knn_collapse
+from rag_diag.collapse.knn import KnnResult
+from rag_diag.collapse.summaries import DEFAULT_MEMORY_BUDGET, plan_memory
 from rag_diag.collapse.table import CollapseTable, docs_frame, pairs_frame
 from rag_diag.corpora.io import Qrels, Queries
 from rag_diag.corpora.probes import copy_probes
@@ -44,6 +44,7 @@ from rag_diag.diagnosis.store_findings import exact_duplicates, long_chunks
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import evaluate_bundle
 from rag_diag.evaluation.result import EvalResult
+from rag_diag.jobs.corpus_pass import CorpusPass, evaluation_store, run_pass
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
@@ -53,7 +54,6 @@ from rag_diag.stores.export import pooled_rows, write_store
 from rag_diag.stores.protocol import Distance
 from rag_diag.stores.stored import StoredIndex
 from rag_diag.tokens.estimate import EncodeEstimate, estimate_encode
-from rag_diag.tokens.extract import encode_texts
 from rag_diag.tokens.store import TokenStore
 
 KIND = "audit"
@@ -68,8 +68,8 @@ class AuditResult:
     """Everything an audit found, in memory; :func:`write_audit` writes it."""
 
     summary: dict[str, Any]
-    tokens: TokenStore
-    """The audit's one encoder pass over the stored texts (what ``--export`` pools)."""
+    tokens: TokenStore | None
+    """The audit's one encoder pass over every stored text (what ``--export`` pools); None in summaries mode."""
     documents: pl.DataFrame
     clusters: pl.DataFrame
     evaluation: EvalResult
@@ -143,6 +143,8 @@ def audit_store(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     command: str = "",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    max_store: int | None = None,
     on_estimate: Callable[[EncodeEstimate], None] | None = None,
 ) -> AuditResult:
     """Audit a stored index; nothing is written (see :func:`write_audit`).
@@ -158,6 +160,8 @@ def audit_store(
         sample: documents in the model-check sample, the ANN-recall query sample and the probe sample.
         seed: seed of those samples and of the probe edits.
         command: command line to record.
+        memory_budget: bytes of corpus data the audit may hold; over it (or over ``max_store``, the largest token
+            store allowed), the pass keeps shard-built summaries instead (:mod:`rag_diag.jobs.corpus_pass`).
         on_estimate: called, before the encoder pass, with what it will cost (:mod:`rag_diag.tokens.estimate`).
     """
     if k < 1:
@@ -174,43 +178,53 @@ def audit_store(
     estimate = estimate_encode(stored.texts, encoder, seed=seed)
     if on_estimate is not None:
         on_estimate(estimate)
-    started = time.perf_counter()
-    token_store = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
-    timings = {"encode_seconds": time.perf_counter() - started,
-               "encode_cache_hit": bool(token_store.report and token_store.report.cache_hit)}
+    plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store)
     k_graph = min(k, n_docs - 1)
-    started = time.perf_counter()
-    knn = knn_collapse(token_store, k_graph, show_progress=True)
-    timings["knn_collapse_seconds"] = time.perf_counter() - started
+    corpus_pass = run_pass(stored, encoder, plan, k_graph)
+    knn = corpus_pass.knn
     hubs = hubness(knn.doc_b.reshape(n_docs, k_graph))
     cluster_ids = near_duplicate_clusters(n_docs, knn.doc_a, knn.doc_b, knn.pairs.cos)
     documents = documents_frame(stored.doc_ids, [m.get("label") for m in stored.metadatas], knn, hubs, cluster_ids)
     clusters = clusters_frame(documents, knn, cluster_ids)
-    normalised = check.normalised or stored.distance == "cosine"
-    recall = ann_recall(stored, exact_vectors(token_store, normalised, pooling),
+    recall = ann_recall(stored, _true_vectors(stored, corpus_pass, check, pooling),
                         seeded_sample(n_docs, sample, seed + 1), k)
     findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
-                "long_chunks": long_chunks(stored.doc_ids, token_store),
-                "estimate": estimate.to_dict(), "timings": timings}
+                "long_chunks": long_chunks(stored.doc_ids, corpus_pass.full_lengths, corpus_pass.window),
+                "estimate": estimate.to_dict(), "memory": plan.to_dict(), "timings": corpus_pass.timings}
     probes = queries is None
     if queries is None or qrels is None:
         queries, qrels = copy_probes(stored.corpus(), sample, seed)
     corpus = stored.corpus()
-    others = {} if pooling == "mean" else {"mean": build_faiss(exact_vectors(token_store, True), "cosine")[0]}
+    others = {} if pooling == "mean" else {"mean": build_faiss(corpus_pass.unit_means, "cosine")[0]}
     bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity, strategy=pooling,
                                     others=others, corpus_sha256=corpus.content_hash(), source=str(stored.path))
+    token_store = evaluation_store(corpus_pass, bundle, stored, queries, qrels, encoder)
     bundle.tokens = token_store
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
-                                 corpus=corpus, lexical=True, windowed=True, command=command)
+                                 corpus=corpus, lexical=True, windowed=corpus_pass.whole, command=command)
     collapse = CollapseTable.build(
         token_store, docs_frame(stored.doc_ids, np.arange(n_docs), knn.text_stats, knn),
         pairs_frame(stored.doc_ids, knn.doc_a, knn.doc_b, knn.pairs), mode="knn", drop_special=False,
-        command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=None,
+        command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=plan.rank,
     )
     diagnosis = diagnose(evaluation, collapse, strategy=pooling, corpus=corpus, queries=queries,
                          token_store=token_store, command=command)
     summary = _summary(stored, check, knn, hubs, clusters, recall, diagnosis, probes, k_graph, command, findings)
-    return AuditResult(summary, token_store, documents, clusters, evaluation, collapse, diagnosis)
+    summary["collapse"]["error_bound"] = corpus_pass.error_bound
+    return AuditResult(summary, token_store if corpus_pass.whole else None, documents, clusters, evaluation,
+                       collapse, diagnosis)
+
+
+def _true_vectors(stored: StoredIndex, corpus_pass: CorpusPass, check: ModelCheck, pooling: str) -> np.ndarray:
+    """What the store should hold, for ANN recall: the re-encoded texts pooled as the store is (token-store
+    mode), or the stored vectors themselves (summaries mode, which keeps no token matrices)."""
+    normalised = check.normalised or stored.distance == "cosine"
+    if corpus_pass.tokens is not None:
+        return exact_vectors(corpus_pass.tokens, normalised, pooling)
+    vectors = stored.vectors(np.arange(len(stored.doc_ids)))
+    if normalised:
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
 
 
 def store_distance(stored: StoredIndex, check: dict[str, Any]) -> Distance:
@@ -225,6 +239,9 @@ def store_distance(stored: StoredIndex, check: dict[str, Any]) -> Distance:
 def export_pooling(result: AuditResult, stored: StoredIndex, destination: str, pooling: str, collection: str) -> str:
     """Write the audited texts pooled with ``pooling`` as a new store of the audited store's kind (no
     re-encoding: the audit's token store is pooled); records it in the summary; returns the new store's form."""
+    if result.tokens is None:
+        raise RagDiagError("--export pools the audit's token store, which a summaries-mode audit does not keep: "
+                           "raise --memory-budget (or --max-store) so the token store fits")
     rows = pooled_rows(result.tokens, pooling, texts=stored.texts, metadatas=stored.metadatas,
                        distance=store_distance(stored, result.summary["model_check"]))
     flavour = "faiss" if stored.distance is None else "simple"  # a LlamaIndex store kept its own FAISS index

@@ -1,0 +1,285 @@
+"""The Ray engine against the local engine, on one local Ray instance (2 CPUs) started once per module.
+
+The oracle is the local engine itself: ``covariance_summary(encode_texts(...), r)`` and
+``knn_collapse(store, k, rank=r)``. Ray costs ~10 s to start and ~7–20 s per pipeline here, so the
+fast tests share two Ray runs (module fixtures): one with 3 actors, batches of 4 and parquet shards,
+one in memory with Ray's default actor pool.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from rag_diag.collapse.knn import CovarianceSummary, covariance_summary, knn_collapse  # noqa: E402
+from rag_diag.collapse.ray_engine import (  # noqa: E402
+    COLUMNS,
+    MISSING_RAY,
+    _assemble,
+    actor_env,
+    knn_collapse_from_summary,
+    ray_summaries,
+)
+from rag_diag.errors import RagDiagError  # noqa: E402
+from rag_diag.models.mock import MockEncoder  # noqa: E402
+from rag_diag.tokens.extract import encode_texts  # noqa: E402
+
+RANK, K = 3, 4
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP: dict[str, float] = {}
+
+# Mock encoder (fast tests): a token's state depends only on its id and position, never on the other
+# texts of the batch, so both engines see bit-identical token matrices. Means, S(X) and the
+# concentration come from prepare_text on one text (identical bits); the factor comes from an eigh of
+# the zero-padded Gram matrix, whose padding width (the longest text of the chunk) differs between the
+# engines: zero rows/columns add zero eigenvalues only, so the top-r eigenpairs move by float64
+# rounding, ≲ 1e-15·tr Σ ≈ 1e-13 here (tr Σ ≲ 40), and the float32 factors round to the same value
+# except in the ~1e-8-probable case of a value on a rounding boundary. Measured: 0 for means and FᵀF,
+# 2e-15 for kept/tail. 1e-6 absolute is that bound with a wide margin, and is far below any wrong
+# row mapping, which moves entries by O(0.1–10).
+MOCK_ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the module; shut down at teardown so no Ray process is left."""
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    STARTUP["ray.init"] = time.perf_counter() - started
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_texts) -> tuple[list[str], list[str]]:
+    """30 texts: the 8 tiny licence sentences, each with up to four clause variants (lengths 4…25 tokens)."""
+    words = ["alpha", "beta", "gamma", "delta"]
+    texts = [text if i == 0 else f"{text} Clause {i} {' '.join(words[:i])}." for i in range(4) for text in tiny_texts]
+    texts = texts[:30]
+    return [f"doc-{i}" for i in range(len(texts))], texts
+
+
+@pytest.fixture(scope="module")
+def local_store(corpus, tmp_path_factory):
+    ids, texts = corpus
+    return encode_texts(texts, model=MockEncoder(), ids=ids, cache=False, out=tmp_path_factory.mktemp("local") / "s")
+
+
+@pytest.fixture(scope="module")
+def sharded(ray_local, corpus, tmp_path_factory) -> tuple[CovarianceSummary, Path]:
+    """3 actors on 2 CPUs, batches of 4 (8 blocks): blocks finish out of order; shards written and read back."""
+    ids, texts = corpus
+    shard_dir = tmp_path_factory.mktemp("ray") / "shards"
+    started = time.perf_counter()
+    summary = ray_summaries(texts, ids, model=MockEncoder(), rank=RANK, batch_size=4, actors=3, cpus_per_actor=0.5,
+                            shard_dir=shard_dir)
+    STARTUP["sharded run"] = time.perf_counter() - started
+    return summary, shard_dir
+
+
+@pytest.fixture(scope="module")
+def in_memory(ray_local, corpus, tmp_path_factory) -> tuple[CovarianceSummary, Path]:
+    """Ray's default actor pool, batches of 8, no shards; RAG_DIAG_CACHE points at an empty folder."""
+    ids, texts = corpus
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAG_DIAG_CACHE", str(cache))
+        started = time.perf_counter()
+        summary = ray_summaries(texts, ids, model=MockEncoder(), rank=RANK, batch_size=8)
+        STARTUP["in-memory run"] = time.perf_counter() - started
+    return summary, cache
+
+
+def gram(factors: np.ndarray) -> np.ndarray:
+    """FᵀF per document (N, d, d) in float64: the rank-r covariance Σ_r.
+
+    F itself is defined only up to the sign of each row (and a rotation within a repeated eigenvalue),
+    which an eigensolver on a different padding width may choose differently; FᵀF is not.
+    """
+    f = factors.astype(np.float64)
+    return np.einsum("nri,nrj->nij", f, f)
+
+
+def assert_summaries_agree(got: CovarianceSummary, want: CovarianceSummary, atol: float, rtol: float = 0.0) -> None:
+    assert got.means.shape == want.means.shape and got.factors.shape == want.factors.shape
+    np.testing.assert_allclose(got.means, want.means, atol=atol, rtol=rtol)
+    np.testing.assert_allclose(gram(got.factors), gram(want.factors), atol=atol, rtol=rtol)
+    np.testing.assert_allclose(got.traces, want.traces, atol=atol, rtol=rtol)
+    np.testing.assert_allclose(got.tail, want.tail, atol=atol, rtol=rtol)
+    np.testing.assert_array_equal(got.text_stats.n_tokens, want.text_stats.n_tokens)
+    np.testing.assert_allclose(got.text_stats.trace, want.text_stats.trace, atol=atol, rtol=rtol)
+    np.testing.assert_allclose(got.text_stats.concentration, want.text_stats.concentration, atol=atol, rtol=rtol)
+
+
+def test_sharded_ray_summaries_equal_the_local_engine(sharded, local_store):
+    summary, _ = sharded
+    want = covariance_summary(local_store, RANK)
+    assert len(np.unique(local_store.lengths)) > 10  # texts of many lengths: padding differs per batch
+    assert (want.tail > 0.1).any()  # rank 3 truncates: the factors carry real information
+    assert_summaries_agree(summary, want, MOCK_ATOL)
+
+
+def test_shards_are_parquet_files_holding_every_document_once(sharded, corpus):
+    import pyarrow.parquet as pq
+
+    _, shard_dir = sharded
+    ids, _ = corpus
+    files = sorted(shard_dir.glob("*.parquet"))
+    assert len(files) >= 2
+    tables = [pq.read_table(f) for f in files]
+    assert all(set(COLUMNS) <= set(t.column_names) for t in tables)
+    rows = np.concatenate([t.column("row").to_numpy() for t in tables])
+    assert sum(t.num_rows for t in tables) == len(ids)
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(ids)))
+    shard_ids = [i for t in tables for i in t.column("id").to_pylist()]
+    assert [ids[r] for r in rows] == shard_ids  # each shard row carries its own document's id
+
+
+def test_assemble_restores_row_order_whatever_the_block_order(local_store, corpus):
+    ids, _ = corpus
+    want = covariance_summary(local_store, RANK)
+    n = len(ids)
+    columns = {"row": np.arange(n), "id": np.array(ids, dtype=object), "mean": want.means,
+               "factor": want.factors.reshape(n, -1), "kept": want.traces, "tail": want.tail,
+               "n_tokens": want.text_stats.n_tokens, "trace": want.text_stats.trace,
+               "concentration": want.text_stats.concentration}
+    shuffled = np.random.default_rng(0).permutation(n)
+    parts = [{name: value[chunk] for name, value in columns.items()} for chunk in np.array_split(shuffled, 3)][::-1]
+    got = _assemble(parts, ids, RANK)
+    np.testing.assert_array_equal(got.means, want.means)
+    np.testing.assert_array_equal(got.factors, want.factors)
+    np.testing.assert_array_equal(got.text_stats.concentration, want.text_stats.concentration)
+    with pytest.raises(RagDiagError, match="29 rows for 30 texts"):
+        _assemble([{name: value[1:] for name, value in columns.items()}], ids, RANK)
+    swapped = dict(columns, id=np.array(ids[::-1], dtype=object))
+    with pytest.raises(RagDiagError, match="ids do not match"):
+        _assemble([swapped], ids, RANK)
+
+
+def test_in_memory_run_agrees_and_never_writes_the_token_cache(in_memory, local_store):
+    summary, cache = in_memory
+    assert_summaries_agree(summary, covariance_summary(local_store, RANK), MOCK_ATOL)
+    assert not (cache / "tokens").exists()  # actors encode with cache=False into private temporary folders
+
+
+def test_knn_collapse_from_ray_summaries_equals_the_local_knn_collapse(in_memory, local_store):
+    summary, _ = in_memory
+    want = knn_collapse(local_store, K, rank=RANK)
+    got = knn_collapse_from_summary(summary, K)
+    # Same neighbours (bit-identical means), then the same fast_pairs code on factors equal up to sign:
+    # SOCM differs by float64 rounding only (measured 1e-15).
+    np.testing.assert_array_equal(got.doc_b, want.doc_b)
+    np.testing.assert_allclose(got.pairs.socm, want.pairs.socm, atol=MOCK_ATOL, rtol=0)
+    np.testing.assert_allclose(got.collapse_mean, want.collapse_mean, atol=MOCK_ATOL, rtol=0)
+    np.testing.assert_allclose(got.collapse_max, want.collapse_max, atol=MOCK_ATOL, rtol=0)
+    np.testing.assert_array_equal(got.top_confuser, want.top_confuser)
+    assert want.collapse_max.max() > 0.01  # non-trivial values: equality is not 0 == 0
+
+
+def test_a_failing_actor_is_a_one_line_error(ray_local, corpus):
+    ids, texts = corpus
+    with pytest.raises(RagDiagError, match="unknown model 'no-such-model'") as caught:
+        ray_summaries(texts, ids, model="no-such-model", rank=RANK, batch_size=8)
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def test_bad_input_fails_before_ray_starts(corpus, tmp_path):
+    ids, texts = corpus
+    mock = MockEncoder()
+    with pytest.raises(RagDiagError, match="--rank must be at least 1"):
+        ray_summaries(texts, ids, model=mock, rank=0)
+    with pytest.raises(RagDiagError, match="is empty"):
+        ray_summaries([*texts[:-1], "  "], ids, model=mock, rank=RANK)
+    with pytest.raises(RagDiagError, match="duplicate id"):
+        ray_summaries(texts, [*ids[:-1], ids[0]], model=mock, rank=RANK)
+    (tmp_path / "old.parquet").write_bytes(b"stale")
+    with pytest.raises(RagDiagError, match="must be new or empty"):
+        ray_summaries(texts, ids, model=mock, rank=RANK, shard_dir=tmp_path)
+
+
+def test_missing_ray_is_a_one_line_error(corpus, monkeypatch):
+    ids, texts = corpus
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(RagDiagError) as caught:
+        ray_summaries(texts, ids, model=MockEncoder(), rank=RANK)
+    assert str(caught.value) == MISSING_RAY
+
+
+def test_actor_environment_is_offline_with_this_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAG_DIAG_CACHE", str(tmp_path))
+    monkeypatch.delenv("RAG_DIAG_ONLINE", raising=False)
+    assert actor_env() == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAG_DIAG_CACHE": str(tmp_path)}
+
+
+def test_an_unreachable_address_is_a_fast_one_line_error():
+    # A fresh process (the module's Ray is already initialised here, and would be used as it is).
+    script = textwrap.dedent("""
+        from rag_diag.collapse.ray_engine import ray_summaries
+        from rag_diag.errors import RagDiagError
+        try:
+            ray_summaries(["a text"], ["a"], model="minilm", rank=2, address="127.0.0.1:1")
+        except RagDiagError as exc:
+            print("ERROR", exc)
+    """)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.skip("ray.init hung on an unreachable address")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("ERROR cannot connect to the Ray cluster at 127.0.0.1:1: ")
+    assert time.perf_counter() - started < 60
+
+
+# ---------------------------------------------------------------- real model (slow)
+
+
+def real_sentences(tiny_texts, licences) -> tuple[list[str], list[str]]:
+    """~40 real texts: the tiny sentences, the licence notices (with a planted exact copy), and first sentences."""
+    lic_ids, lic_texts, _ = licences
+    firsts = []
+    for text in lic_texts:
+        first = text.split(". ")[0].strip()
+        if first and first not in firsts and first not in lic_texts and len(first.split()) > 3:
+            firsts.append(first)
+    texts = [*tiny_texts, *lic_texts, *firsts][:40]
+    ids = [*(f"tiny-{i}" for i in range(len(tiny_texts))), *lic_ids, *(f"first-{i}" for i in range(len(firsts)))]
+    return ids[: len(texts)], texts
+
+
+@pytest.mark.slow
+def test_real_minilm_by_registry_name_agrees_with_the_local_engine(ray_local, minilm, tiny_texts, licences, tmp_path):
+    ids, texts = real_sentences(tiny_texts, licences)
+    assert len(texts) >= 35
+    rank = 4
+    store = encode_texts(texts, model=minilm, ids=ids, cache=False, out=tmp_path / "store")
+    want = covariance_summary(store, rank)
+    got = ray_summaries(texts, ids, model="minilm", rank=rank, batch_size=8)
+    # A transformer's token states depend on the batch through float32 rounding only (padding is masked
+    # out of attention, but other GEMM shapes round differently): measured 1.6e-7 on the unit means and
+    # 2.4e-7 relative on S(X) (~45, so 1.1e-5 absolute). Hence 1e-6 absolute plus 1e-6 relative.
+    assert_summaries_agree(got, want, atol=1e-6, rtol=1e-6)
+    local = knn_collapse(store, K, rank=rank)
+    remote = knn_collapse_from_summary(got, K)
+    # Exact duplicates (the planted copy) tie in the mean index and may swap places: compare by text.
+    canonical = np.array([texts.index(t) for t in texts])
+    np.testing.assert_array_equal(np.sort(canonical[remote.doc_b].reshape(-1, K), axis=1),
+                                  np.sort(canonical[local.doc_b].reshape(-1, K), axis=1))
+    np.testing.assert_allclose(remote.collapse_mean, local.collapse_mean, atol=1e-6)
+    np.testing.assert_allclose(remote.collapse_max, local.collapse_max, atol=1e-6)
+    np.testing.assert_array_equal(canonical[remote.top_confuser], canonical[local.top_confuser])
+

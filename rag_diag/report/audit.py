@@ -24,6 +24,24 @@ def _ids(ids: list[str], total: int) -> str:
     return shown + (f" and {total - min(len(ids), 10)} more" if total > min(len(ids), 10) else "")
 
 
+def _scale_text(summary: dict[str, Any]) -> str:
+    memory, estimate, timings = summary["memory"], summary["estimate"], summary["timings"]
+    graph, bound = summary["collapse"]["neighbours"], summary["collapse"].get("error_bound")
+    checked = "" if graph["exact"] else f" on {graph['n_recall_queries']} queries"
+    text = (f"Plan: {memory['mode']} ({memory['reason']}; budget {memory['budget_bytes'] / 2**30:.2f} GiB). "
+            f"Estimated before the pass: {estimate['n_tokens']:,} tokens, {estimate['forward_passes']:,} forward "
+            f"passes, {estimate['seconds']:.1f} s of encoding; measured: {timings['encode_seconds']:.1f} s"
+            f"{' (token cache hit)' if timings.get('encode_cache_hit') else ''}, kNN collapse "
+            f"{timings['knn_collapse_seconds']:.1f} s. Neighbours from {graph['index_type']} (recall@k "
+            f"{graph['recall_at_k']:.4f}{checked}).")
+    if bound:
+        text += (f" Collapse rates come from rank-{bound['rank']} summaries: per-pair SOCM error bound max "
+                 f"{bound['max_socm_error_bound']:.4f}, mean {bound['mean_socm_error_bound']:.4f} "
+                 f"({bound['share_pairs_exact']:.1%} of pairs exact); failure pairs outside the kNN graph are "
+                 "computed exactly.")
+    return text
+
+
 def audit_report(result: Any) -> ReportData:
     """ReportData: audit headline, the diagnosis' verdict / deciles / confusions, and the audit sections."""
     summary = result.summary
@@ -84,6 +102,7 @@ def audit_report(result: Any) -> ReportData:
             f"{dups['n_documents_in_clusters']} documents ({dups['share_documents_in_clusters']:.1%}); "
             f"{dups['n_clusters_mixed_labels']} clusters mix labels.")),
     ]
+    sections.append(Section("Memory, time and scale", _scale_text(summary)))
     if evaluation["queries"] == "probes":
         sections.append(Section("Probe queries", (
             "No queries were given. Each probe is a stored document with one meaning-bearing edit (number, "

@@ -1,0 +1,117 @@
+"""The audit at 10k, 30k and 100k documents against sentence-transformers ``encode`` of the same texts.
+
+For each size N of the real mixed knowledge base (``rag-diag corpora build kb-scale --size N``):
+
+1. the peer: sentence-transformers ``encode(normalize_embeddings=True)`` of the N texts (batch 32), timed;
+   its vectors become the store under audit, a bare FAISS store (``index.faiss`` + ``corpus.jsonl``), as a
+   user who embeds with sentence-transformers and indexes with FAISS would build it;
+2. ``rag-diag audit --store STORE`` without queries (probe queries), in a fresh process with an empty token
+   cache: wall time, peak RSS (the process's ru_maxrss), and the disk it wrote (cache + output);
+3. the ratio audit / encode, and RSS(N) / RSS(10k).
+
+Goals (issue 12): peak RSS ≤ 3 GiB at 100k and ≤ 1.25 × RSS at 10k; audit ≤ 1.5 × the encode alone.
+Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_scale.py [N ...]`` (default 10000 30000 100000).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+RAG_DIAG = str(Path(PYTHON).parent / "rag-diag")
+MEASURE = (
+    "import resource, subprocess, sys, time; start = time.perf_counter(); "
+    "code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('MEASURED', code, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+"""A wrapper process: the command's exit code, wall seconds and peak RSS (KiB, the largest child: the command)."""
+
+
+def measure(command: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of ``command`` run in a fresh process; fails loudly on a non-zero exit."""
+    done = subprocess.run([PYTHON, "-c", MEASURE, *command], env=env, capture_output=True, text=True, check=False)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("MEASURED")), None)
+    if line is None or line.split()[1] != "0":
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"failed: {' '.join(command)}")
+    _, _, seconds, rss_kib = line.split()
+    return float(seconds), int(rss_kib) * 1024
+
+
+def disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def build_corpus(n_docs: int, folder: Path) -> Path:
+    out = folder / f"kb-{n_docs}"
+    subprocess.run([RAG_DIAG, "corpora", "build", "kb-scale", "--size", str(n_docs),
+                    "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+def encode_and_store(corpus: Path, store: Path) -> float:
+    """Time sentence-transformers encode of the corpus; write its vectors as a bare FAISS store."""
+    import faiss
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from rag_diag.corpora.io import load_corpus
+    from rag_diag.corpora.writers import write_corpus_jsonl
+    from rag_diag.models.registry import minilm_path
+
+    docs = load_corpus(corpus)
+    model = SentenceTransformer(str(minilm_path()), device="cpu")
+    model.encode(docs.texts[:64], batch_size=32)  # warm-up
+    start = time.perf_counter()
+    vectors = model.encode(docs.texts, batch_size=32, normalize_embeddings=True)
+    seconds = time.perf_counter() - start
+    store.mkdir(parents=True)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    faiss.write_index(index, str(store / "index.faiss"))
+    write_corpus_jsonl(store / "corpus.jsonl", docs)
+    return seconds
+
+
+def main(sizes: list[int]) -> None:
+    import torch
+
+    print(f"rag-diag audit vs sentence-transformers encode; all-MiniLM-L6-v2; {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads; store: bare FAISS IndexFlatIP of normalised ST vectors")
+    print("| documents | ST encode | audit | audit / encode | peak RSS | RSS / RSS(first) | disk (cache + out) | mode |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rag-diag-bench-") as tmp:
+        base = Path(tmp)
+        for n_docs in sizes:
+            corpus = build_corpus(n_docs, base)
+            store = base / f"store-{n_docs}"
+            encode_seconds = encode_and_store(corpus, store)
+            cache, out = base / f"cache-{n_docs}", base / f"audit-{n_docs}"
+            env = {**os.environ, "RAG_DIAG_CACHE": str(cache)}
+            seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out)],
+                                   env)
+            summary = json.loads((out / "audit.json").read_text())
+            rows.append((n_docs, encode_seconds, seconds, rss, disk(cache) + disk(out), summary["memory"]["mode"]))
+            first_rss = rows[0][3]
+            print(f"| {n_docs:,} | {encode_seconds:.0f} s | {seconds:.0f} s | {seconds / encode_seconds:.2f}× | "
+                  f"{rss / 2**30:.2f} GiB | {rss / first_rss:.2f} | {(disk(cache) + disk(out)) / 2**20:,.0f} MiB | "
+                  f"{summary['memory']['mode']} |", flush=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(store, ignore_errors=True)
+    print("\ncommand: .venv/bin/python benchmarks/bench_scale.py " + " ".join(str(n) for n in sizes))
+
+
+if __name__ == "__main__":
+    main([int(arg) for arg in sys.argv[1:]] or [10_000, 30_000, 100_000])

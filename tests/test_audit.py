@@ -28,6 +28,7 @@ from rag_diag.diagnosis.store_checks import ann_recall, check_model
 from rag_diag.errors import RagDiagError
 from rag_diag.jobs.audit import audit_store, write_audit
 from rag_diag.models.mock import MockEncoder
+from rag_diag.sampling import seeded_sample
 from rag_diag.stores.stored import StoredIndex, open_store
 
 K = 4
@@ -383,3 +384,32 @@ def test_budget_below_the_token_store_audits_from_shard_built_summaries(kb, mock
     assert small.summary["timings"]["evaluation_documents_encoded"] <= len(kb.ids)
     assert small.summary["long_chunks"] == audited.summary["long_chunks"]
     assert small.summary["exact_duplicates"] == audited.summary["exact_duplicates"]
+
+
+@pytest.mark.slow  # a sampled audit beside the full one
+def test_estimate_mode_samples_documents_and_brackets_the_full_audit(kb, mock_store, mock_encoder, audited):
+    """--estimate: encodes only the sample, its neighbours and the relevant documents; graph figures equal the
+    full audit's (same neighbours: the stored vectors are the model's means), the collapse rates of the rated
+    documents equal the full audit's exactly, and the interval holds the sample mean it is built around."""
+    queries, qrels = copy_queries(kb)
+    sample = 6
+    small = audit_store(mock_store, model=mock_encoder, queries=queries, qrels=qrels, k=K, sample=sample,
+                        estimate_only=True, command="rag-diag audit --estimate (test)")
+    estimates = small.summary["estimates"]
+    assert small.summary["memory"]["mode"] == "sample" and estimates["sample"] == sample
+    full_docs = audited.documents.sort("doc_id")
+    rated = small.documents.filter(pl.col("collapse_mean").is_not_null()).sort("doc_id")
+    assert 0 < rated.height < len(kb.ids)
+    reference = full_docs.filter(pl.col("doc_id").is_in(rated["doc_id"].implode()))
+    # the same exact SOCM pairs (Gram route both times): equal to its rounding bound, far below 1e-9 here
+    np.testing.assert_allclose(rated["collapse_mean"].to_numpy(), reference["collapse_mean"].to_numpy(), atol=1e-9)
+    assert small.summary["timings"]["documents_encoded_for_collapse"] <= len(kb.ids)
+    assert small.summary["hubness"]["skewness"] == pytest.approx(audited.summary["hubness"]["skewness"], abs=1e-9)
+    assert estimates["hubness_skew"]["ci_low"] == estimates["hubness_skew"]["value"]
+    rate = estimates["mean_collapse_rate"]
+    assert rate["ci_low"] <= rate["value"] <= rate["ci_high"] and rate["n"] == sample
+    rows = small.documents["doc_id"].to_list()
+    sampled_ids = [rows[r] for r in seeded_sample(len(rows), sample, 0)]
+    sampled_rates = small.documents.filter(pl.col("doc_id").is_in(sampled_ids))["collapse_mean"].to_numpy()
+    assert rate["value"] == pytest.approx(float(sampled_rates.mean()), abs=1e-12)
+    assert estimates["truncated_share"]["value"] == audited.summary["long_chunks"]["share"]

@@ -37,6 +37,8 @@ def audit_command(
     memory_budget: Annotated[float, typer.Option(help="GiB of corpus data the audit may hold; over it the pass "
                                                       "keeps shard-built rank-r summaries.")] = 2.0,
     max_store: Annotated[float | None, typer.Option(help="Largest token store (GiB) the audit may write.")] = None,
+    estimate: Annotated[bool, typer.Option("--estimate", help="Estimate corpus-level figures from the --sample "
+                                           "documents (95% intervals) instead of encoding every document.")] = False,
     force: Force = False,
 ) -> Any:
     """Audit a vector store: model check, near-duplicates, collapse, hubness, ANN recall, evaluation."""
@@ -62,6 +64,7 @@ def audit_command(
                              sample=sample, seed=seed, command=recorded(context),
                              memory_budget=_bytes(memory_budget, "--memory-budget"),
                              max_store=None if max_store is None else _bytes(max_store, "--max-store"),
+                             estimate_only=estimate,
                              on_estimate=lambda estimate: console.print(estimate.line()))
     if export is not None and export_pooling is not None:
         name = export_collection or f"rag-diag-{export_pooling}"

@@ -59,6 +59,7 @@ from rag_diag.models.protocol import Encoder
 
 MISSING_RAY = "the Ray engine needs the 'ray' package: pip install 'ray[data]==2.60.0'"
 CONNECT_TIMEOUT_S = 5.0
+MAX_BLOCKS = 1024  # beyond this, blocks grow instead (tiny blocks cost scheduling overhead)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
 COLUMNS = ("row", "id", "mean", "factor", "kept", "tail", "n_tokens", "trace", "concentration")
@@ -269,11 +270,12 @@ def ray_summaries(
                    "layer": layer, "drop_special": drop_special, "device": device}
     records = [{"row": row, "id": doc_id, "text": text}
                for row, (doc_id, text) in enumerate(zip(ids, texts, strict=True))]
+    blocks = min(-(-len(records) // batch_size), MAX_BLOCKS)  # about one block per batch, for parallelism
     with _ray_session(ray, address, num_cpus):
         context = ray.data.DataContext.get_current()
         progress_before, context.enable_progress_bars = context.enable_progress_bars, show_progress
         try:
-            dataset = ray.data.from_items(records, override_num_blocks=-(-len(records) // batch_size)).map_batches(
+            dataset = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
                 _SummaryActor, batch_size=batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors) if actors else ray.data.ActorPoolStrategy(),
                 fn_constructor_kwargs=constructor, num_cpus=cpus_per_actor, num_gpus=num_gpus_per_actor,

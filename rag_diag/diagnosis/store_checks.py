@@ -146,7 +146,7 @@ def ann_recall(stored: StoredIndex, exact: np.ndarray, rows: np.ndarray, k: int)
     return {
         "recall_at_k": recall, "k": k, "n_queries": len(rows), "index_type": answered_by,
         "native": answered_by == f"{stored.kind} search", "metric": "l2" if l2 else "inner_product",
-        "threshold": ANN_RECALL_OK, "verdict": verdict,
+        "threshold": ANN_RECALL_OK, "verdict": verdict, "per_query": (hits / k).tolist(),
     }
 
 

@@ -42,9 +42,10 @@ from rag_diag.diagnosis.hubness import HIGH_HUBNESS_SKEW, HUB_FACTOR, Hubness, h
 from rag_diag.diagnosis.store_checks import ModelCheck, ann_recall, check_model, exact_vectors
 from rag_diag.diagnosis.store_findings import exact_duplicates, long_chunks
 from rag_diag.errors import RagDiagError
-from rag_diag.evaluation.evaluate import evaluate_bundle
+from rag_diag.evaluation.evaluate import evaluate_bundle, retrieve
 from rag_diag.evaluation.result import EvalResult
 from rag_diag.jobs.corpus_pass import CorpusPass, evaluation_store, run_pass
+from rag_diag.jobs.sampled import full_view, run_sampled_pass, sample_estimates
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
@@ -54,6 +55,7 @@ from rag_diag.stores.export import pooled_rows, write_store
 from rag_diag.stores.protocol import Distance
 from rag_diag.stores.stored import StoredIndex
 from rag_diag.tokens.estimate import EncodeEstimate, estimate_encode
+from rag_diag.tokens.extract import encode_texts
 from rag_diag.tokens.store import TokenStore
 
 KIND = "audit"
@@ -145,6 +147,7 @@ def audit_store(
     command: str = "",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     max_store: int | None = None,
+    estimate_only: bool = False,
     on_estimate: Callable[[EncodeEstimate], None] | None = None,
 ) -> AuditResult:
     """Audit a stored index; nothing is written (see :func:`write_audit`).
@@ -162,6 +165,8 @@ def audit_store(
         command: command line to record.
         memory_budget: bytes of corpus data the audit may hold; over it (or over ``max_store``, the largest token
             store allowed), the pass keeps shard-built summaries instead (:mod:`rag_diag.jobs.corpus_pass`).
+        estimate_only: estimate the corpus-level figures from the ``sample`` documents, with 95 % intervals,
+            instead of encoding every document (:mod:`rag_diag.jobs.sampled`).
         on_estimate: called, before the encoder pass, with what it will cost (:mod:`rag_diag.tokens.estimate`).
     """
     if k < 1:
@@ -178,8 +183,11 @@ def audit_store(
     estimate = estimate_encode(stored.texts, encoder, seed=seed)
     if on_estimate is not None:
         on_estimate(estimate)
-    plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store)
     k_graph = min(k, n_docs - 1)
+    if estimate_only:
+        return _estimated_audit(stored, encoder, check, estimate, queries, qrels, k=k, k_graph=k_graph,
+                                sample=sample, seed=seed, command=command)
+    plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store)
     corpus_pass = run_pass(stored, encoder, plan, k_graph)
     knn = corpus_pass.knn
     hubs = hubness(knn.doc_b.reshape(n_docs, k_graph))
@@ -188,6 +196,7 @@ def audit_store(
     clusters = clusters_frame(documents, knn, cluster_ids)
     recall = ann_recall(stored, _true_vectors(stored, corpus_pass, check, pooling),
                         seeded_sample(n_docs, sample, seed + 1), k)
+    recall.pop("per_query")
     findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
                 "long_chunks": long_chunks(stored.doc_ids, corpus_pass.full_lengths, corpus_pass.window),
                 "estimate": estimate.to_dict(), "memory": plan.to_dict(), "timings": corpus_pass.timings}
@@ -198,7 +207,7 @@ def audit_store(
     others = {} if pooling == "mean" else {"mean": build_faiss(corpus_pass.unit_means, "cosine")[0]}
     bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity, strategy=pooling,
                                     others=others, corpus_sha256=corpus.content_hash(), source=str(stored.path))
-    token_store = evaluation_store(corpus_pass, bundle, stored, queries, qrels, encoder)
+    token_store = evaluation_store(corpus_pass.tokens, bundle, stored, queries, qrels, encoder, corpus_pass.timings)
     bundle.tokens = token_store
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
                                  corpus=corpus, lexical=True, windowed=corpus_pass.whole, command=command)
@@ -213,6 +222,65 @@ def audit_store(
     summary["collapse"]["error_bound"] = corpus_pass.error_bound
     return AuditResult(summary, token_store if corpus_pass.whole else None, documents, clusters, evaluation,
                        collapse, diagnosis)
+
+
+def _estimated_audit(
+    stored: StoredIndex, encoder: Encoder, check: ModelCheck, estimate: EncodeEstimate, queries: Queries | None,
+    qrels: Qrels | None, *, k: int, k_graph: int, sample: int, seed: int, command: str,
+) -> AuditResult:
+    """The audit from a seeded sample (:mod:`rag_diag.jobs.sampled`): graph figures exact, rates estimated."""
+    if check.pooling != "mean":
+        raise RagDiagError("--estimate takes neighbours from the stored vectors, so it needs a mean-pooled store")
+    n_docs = len(stored.doc_ids)
+    rows = seeded_sample(n_docs, sample, seed)  # the probe sample too (copy_probes draws the same rows)
+    probes = queries is None
+    if queries is None or qrels is None:
+        queries, qrels = copy_probes(stored.corpus(), sample, seed)
+    corpus = stored.corpus()
+    bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity,
+                                    corpus_sha256=corpus.content_hash(), source=str(stored.path))
+    # rated beside the sample: what the diagnosis reads, each query's relevant documents and the store's top hit
+    named = {doc_id for query_id in qrels.judgements for doc_id in qrels.relevant(query_id)}
+    query_store = encode_texts(queries.texts, model=encoder, ids=queries.ids)
+    named |= {ranking.doc_ids[0] for ranking in retrieve(bundle, "mean", query_store, 1, "cpu").values()
+              if ranking.doc_ids}
+    extra = np.array([r for r, doc_id in enumerate(stored.doc_ids) if doc_id in named], dtype=np.int64)
+    sampled = run_sampled_pass(stored, encoder, k_graph, rows, extra, seed)
+    view, rated = full_view(sampled, n_docs, k_graph)
+    hubs = hubness(sampled.neighbours)
+    cluster_ids = near_duplicate_clusters(n_docs, view.doc_a, view.doc_b, view.pairs.cos)
+    unrated = ("collapse_mean", "collapse_max", "top_confuser", "concentration", "n_tokens")
+    documents = documents_frame(stored.doc_ids, [m.get("label") for m in stored.metadatas], view, hubs,
+                                cluster_ids).with_columns(
+        *(pl.when(pl.Series(rated)).then(pl.col(c)).otherwise(None).alias(c) for c in unrated))
+    clusters = clusters_frame(documents, view, cluster_ids)
+    recall = ann_recall(stored, stored.vectors(np.arange(n_docs)), seeded_sample(n_docs, sample, seed + 1), k)
+    estimates = sample_estimates(
+        sampled, rows, n_docs, hub_skew=hubs.skewness, duplicate_share=float(np.mean(cluster_ids >= 0)),
+        truncated_share=estimate.n_truncated / n_docs, per_query_recall=np.asarray(recall.pop("per_query")))
+    timings: dict[str, Any] = {"documents_encoded_for_collapse": len(sampled.tokens)}
+    token_store = evaluation_store(None, bundle, stored, queries, qrels, encoder, timings)
+    bundle.tokens = token_store
+    evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
+                                 corpus=corpus, lexical=True, windowed=False, command=command)
+    knn = sampled.knn
+    collapse = CollapseTable.build(
+        sampled.tokens, docs_frame(stored.doc_ids, sampled.rated, knn.text_stats, knn),
+        pairs_frame(stored.doc_ids, knn.doc_a, knn.doc_b, knn.pairs), mode="knn", drop_special=False,
+        command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=None, estimated=True,
+    )
+    diagnosis = diagnose(evaluation, collapse, corpus=corpus, queries=queries, token_store=token_store,
+                         command=command)
+    findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
+                "long_chunks": long_chunks(stored.doc_ids, np.asarray(estimate.full_lengths), encoder.max_seq_length),
+                "estimate": estimate.to_dict(), "estimates": estimates, "timings": timings,
+                "memory": {"mode": "sample", "reason": f"--estimate from {len(rows)} sampled documents"}}
+    summary = _summary(stored, check, view, hubs, clusters, recall, diagnosis, probes, k_graph, command, findings)
+    summary["collapse"] |= {"mean_collapse_rate": estimates["mean_collapse_rate"]["value"],
+                            "median_collapse_rate": float(np.median(knn.collapse_mean)),
+                            "max_collapse_rate": float(knn.collapse_max.max()),
+                            "mean_concentration": float(knn.text_stats.concentration.mean()), "rated": int(rated.sum())}
+    return AuditResult(summary, None, documents, clusters, evaluation, collapse, diagnosis)
 
 
 def _true_vectors(stored: StoredIndex, corpus_pass: CorpusPass, check: ModelCheck, pooling: str) -> np.ndarray:

@@ -76,13 +76,14 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int) ->
 
 
 def evaluation_store(
-    corpus_pass: CorpusPass, bundle: IndexBundle, stored: StoredIndex, queries: Queries, qrels: Qrels,
-    encoder: Encoder, config: RerankConfig | None = None,
+    whole: TokenStore | None, bundle: IndexBundle, stored: StoredIndex, queries: Queries, qrels: Qrels,
+    encoder: Encoder, timings: dict[str, Any], config: RerankConfig | None = None,
 ) -> TokenStore:
-    """The token store the evaluation and diagnosis read: the whole one, or (summaries mode) one of the
-    documents in the top ``config.depth`` of the re-rankers' first stage for some query, or relevant to one."""
-    if corpus_pass.tokens is not None:
-        return corpus_pass.tokens
+    """The token store the evaluation and diagnosis read: ``whole`` (every stored text) when there is one,
+    else one of the documents in the top ``config.depth`` of the re-rankers' first stage for some query, or
+    relevant to one (their count goes into ``timings``)."""
+    if whole is not None:
+        return whole
     config = config or RerankConfig()
     query_store = encode_texts(queries.texts, model=encoder, ids=queries.ids)
     first_stage = retrieve(bundle, BASELINE, query_store, config.depth, "cpu")
@@ -91,5 +92,5 @@ def evaluation_store(
     rows = sorted(row for row, doc_id in enumerate(stored.doc_ids) if doc_id in needed)
     tokens = encode_texts([stored.texts[r] for r in rows], model=encoder, ids=[stored.doc_ids[r] for r in rows],
                           show_progress=True)
-    corpus_pass.timings["evaluation_documents_encoded"] = len(rows)
+    timings["evaluation_documents_encoded"] = len(rows)
     return tokens

@@ -28,17 +28,23 @@ def _scale_text(summary: dict[str, Any]) -> str:
     memory, estimate, timings = summary["memory"], summary["estimate"], summary["timings"]
     graph, bound = summary["collapse"]["neighbours"], summary["collapse"].get("error_bound")
     checked = "" if graph["exact"] else f" on {graph['n_recall_queries']} queries"
-    text = (f"Plan: {memory['mode']} ({memory['reason']}; budget {memory['budget_bytes'] / 2**30:.2f} GiB). "
-            f"Estimated before the pass: {estimate['n_tokens']:,} tokens, {estimate['forward_passes']:,} forward "
-            f"passes, {estimate['seconds']:.1f} s of encoding; measured: {timings['encode_seconds']:.1f} s"
-            f"{' (token cache hit)' if timings.get('encode_cache_hit') else ''}, kNN collapse "
-            f"{timings['knn_collapse_seconds']:.1f} s. Neighbours from {graph['index_type']} (recall@k "
-            f"{graph['recall_at_k']:.4f}{checked}).")
+    text = (f"Plan: {memory['mode']} ({memory['reason']}). Estimated before the pass: {estimate['n_tokens']:,} "
+            f"tokens, {estimate['forward_passes']:,} forward passes, {estimate['seconds']:.1f} s of encoding for "
+            f"every document. Neighbours from {graph['index_type']} (recall@k {graph['recall_at_k']:.4f}{checked}).")
+    if "encode_seconds" in timings:
+        text += (f" Measured: encoding {timings['encode_seconds']:.1f} s"
+                 f"{' (token cache hit)' if timings.get('encode_cache_hit') else ''}, kNN collapse "
+                 f"{timings['knn_collapse_seconds']:.1f} s.")
     if bound:
         text += (f" Collapse rates come from rank-{bound['rank']} summaries: per-pair SOCM error bound max "
                  f"{bound['max_socm_error_bound']:.4f}, mean {bound['mean_socm_error_bound']:.4f} "
                  f"({bound['share_pairs_exact']:.1%} of pairs exact); failure pairs outside the kNN graph are "
                  "computed exactly.")
+    for name, figure in (summary.get("estimates") or {}).items():
+        if isinstance(figure, dict):
+            low, high = figure["ci_low"], figure["ci_high"]
+            span = "" if low is None else f" [{low:.4f}, {high:.4f}]"
+            text += f" {name.replace('_', ' ')}: {figure['value']:.4f}{span} ({figure['method']}, n = {figure['n']});"
     return text
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rag_diag.models.protocol import Encoder
@@ -42,9 +42,11 @@ class EncodeEstimate:
     calibration_documents: int
     calibration_seconds: float
     seconds: float
+    full_lengths: tuple[int, ...] = field(default=(), repr=False)
+    """Every text's untruncated token count (not in :meth:`to_dict`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "full_lengths"}
 
     def line(self) -> str:
         """One line for the terminal."""
@@ -84,4 +86,5 @@ def estimate_encode(
         forward_passes=math.ceil(len(texts) / batch_size),
         store_bytes=n_tokens * encoder.dim * BYTES_PER_VALUE[dtype],
         calibration_documents=len(sample), calibration_seconds=elapsed, seconds=elapsed * n_tokens / sample_tokens,
+        full_lengths=tuple(int(n) for n in tokenized.full_lengths),
     )

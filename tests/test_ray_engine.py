@@ -19,6 +19,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
+pytestmark = pytest.mark.optional  # the 'ray' extra
 
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary, knn_collapse  # noqa: E402
 from rag_diag.collapse.ray_engine import (  # noqa: E402

@@ -37,6 +37,9 @@ def audit_command(
     memory_budget: Annotated[float, typer.Option(help="GiB of corpus data the audit may hold; over it the pass "
                                                       "keeps shard-built rank-r summaries.")] = 2.0,
     max_store: Annotated[float | None, typer.Option(help="Largest token store (GiB) the audit may write.")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: rank-r summaries built by Ray actors.")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="An existing Ray cluster (host:port or ray://…); "
+                                                         "default: a local Ray instance.")] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Estimate corpus-level figures from the --sample "
                                            "documents (95% intervals) instead of encoding every document.")] = False,
     force: Force = False,
@@ -46,6 +49,7 @@ def audit_command(
     from rag_diag.errors import RagDiagError
     from rag_diag.jobs.audit import KIND, audit_store, write_audit
     from rag_diag.jobs.audit import export_pooling as export_vectors
+    from rag_diag.jobs.corpus_pass import Engine
     from rag_diag.pooling import get_strategy
     from rag_diag.stores.export import ARTEFACT_KINDS, is_server
     from rag_diag.stores.stored import opened_store
@@ -64,7 +68,7 @@ def audit_command(
                              sample=sample, seed=seed, command=recorded(context),
                              memory_budget=_bytes(memory_budget, "--memory-budget"),
                              max_store=None if max_store is None else _bytes(max_store, "--max-store"),
-                             estimate_only=estimate,
+                             estimate_only=estimate, engine=Engine(engine, ray_address),
                              on_estimate=lambda estimate: console.print(estimate.line()))
     if export is not None and export_pooling is not None:
         name = export_collection or f"rag-diag-{export_pooling}"

@@ -131,24 +131,25 @@ class MemoryPlan:
 
 def plan_memory(
     n_docs: int, n_tokens: int, store_bytes: int, dim: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET,
-    max_store_bytes: int | None = None,
+    max_store_bytes: int | None = None, summaries: bool = False,
 ) -> MemoryPlan:
     """The token store when it fits (≤ STORE_SHARE of the budget and ≤ ``max_store_bytes``), else summaries:
 
     r = min(MAX_RANK, ⌊SUMMARY_SHARE·budget / (N·d·4)⌋) (at least 1), the N·(r + 1)·d float32 summaries;
     shard = ⌊SHARD_SHARE·budget / (T/N · d · 4)⌋ documents (at least 1), one shard's token store.
+    ``summaries`` asks for summaries whatever the size (the Ray engine computes nothing else).
     """
     if budget_bytes <= 0:
         raise RagDiagError(f"--memory-budget must be positive, got {budget_bytes}")
     fits = store_bytes <= STORE_SHARE * budget_bytes and (max_store_bytes is None or store_bytes <= max_store_bytes)
-    if fits:
+    if fits and not summaries:
         return MemoryPlan("token-store", budget_bytes, store_bytes, max_store_bytes, None, None, 0,
                           f"the token store ({store_bytes / 2**20:,.0f} MiB) fits the budget")
     rank = max(1, min(MAX_RANK, int(SUMMARY_SHARE * budget_bytes // max(n_docs * dim * 4, 1))))
     per_doc = max(n_tokens / max(n_docs, 1), 1.0) * dim * 4
     shard = max(1, min(n_docs, int(SHARD_SHARE * budget_bytes // per_doc)))
     capped = max_store_bytes is not None and store_bytes > max_store_bytes
-    why = (f"the token store ({store_bytes / 2**20:,.0f} MiB) is over "
+    why = "the Ray engine builds summaries" if fits else (f"the token store ({store_bytes / 2**20:,.0f} MiB) is over "
            + (f"--max-store ({max_store_bytes / 2**20:,.0f} MiB)" if capped and max_store_bytes is not None
               else f"half the memory budget ({budget_bytes / 2**20:,.0f} MiB)"))
     return MemoryPlan("summaries", budget_bytes, store_bytes, max_store_bytes, rank, shard,

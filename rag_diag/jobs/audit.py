@@ -44,7 +44,7 @@ from rag_diag.diagnosis.store_findings import exact_duplicates, long_chunks
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import evaluate_bundle, retrieve
 from rag_diag.evaluation.result import EvalResult
-from rag_diag.jobs.corpus_pass import CorpusPass, evaluation_store, run_pass
+from rag_diag.jobs.corpus_pass import CorpusPass, Engine, evaluation_store, run_pass
 from rag_diag.jobs.sampled import full_view, run_sampled_pass, sample_estimates
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
@@ -148,6 +148,7 @@ def audit_store(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     max_store: int | None = None,
     estimate_only: bool = False,
+    engine: Engine | None = None,
     on_estimate: Callable[[EncodeEstimate], None] | None = None,
 ) -> AuditResult:
     """Audit a stored index; nothing is written (see :func:`write_audit`).
@@ -167,6 +168,8 @@ def audit_store(
             store allowed), the pass keeps shard-built summaries instead (:mod:`rag_diag.jobs.corpus_pass`).
         estimate_only: estimate the corpus-level figures from the ``sample`` documents, with 95 % intervals,
             instead of encoding every document (:mod:`rag_diag.jobs.sampled`).
+        engine: where the summaries are built (local, or Ray: summaries whatever the size); see
+            :class:`rag_diag.jobs.corpus_pass.Engine`.
         on_estimate: called, before the encoder pass, with what it will cost (:mod:`rag_diag.tokens.estimate`).
     """
     if k < 1:
@@ -187,8 +190,14 @@ def audit_store(
     if estimate_only:
         return _estimated_audit(stored, encoder, check, estimate, queries, qrels, k=k, k_graph=k_graph,
                                 sample=sample, seed=seed, command=command)
-    plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store)
-    corpus_pass = run_pass(stored, encoder, plan, k_graph)
+    engine = engine or Engine()
+    if engine.name not in ("local", "ray"):
+        raise RagDiagError(f"--engine must be local or ray, got {engine.name!r}")
+    if engine.name == "ray" and engine.model is None and isinstance(model, str):
+        engine = Engine("ray", engine.address, model)
+    plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store,
+                       summaries=engine.name == "ray")
+    corpus_pass = run_pass(stored, encoder, plan, k_graph, engine, np.asarray(estimate.full_lengths))
     knn = corpus_pass.knn
     hubs = hubness(knn.doc_b.reshape(n_docs, k_graph))
     cluster_ids = near_duplicate_clusters(n_docs, knn.doc_a, knn.doc_b, knn.pairs.cos)

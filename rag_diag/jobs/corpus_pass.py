@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from rag_diag.collapse.knn import KnnResult, knn_collapse
-from rag_diag.collapse.summaries import MemoryPlan, bound_summary, socm_error_bound, stream_summaries
+from rag_diag.collapse.summaries import (
+    MemoryPlan,
+    StreamedSummaries,
+    bound_summary,
+    socm_error_bound,
+    stream_summaries,
+)
 from rag_diag.corpora.io import Qrels, Queries
+from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import BASELINE, retrieve
 from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
@@ -48,8 +55,22 @@ class CorpusPass:
         return self.plan.mode == "token-store"
 
 
-def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int) -> CorpusPass:
-    """Encode the stored texts as ``plan`` says and run kNN collapse with ``k`` neighbours per document."""
+@dataclass(frozen=True)
+class Engine:
+    """Where the summaries are built: this process (``local``) or Ray (``ray``, at ``address`` or a local
+    instance), whose actors load ``model`` (a registry name or folder travels better than a loaded model)."""
+
+    name: str = "local"
+    address: str | None = None
+    model: str | None = None
+
+
+def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, engine: Engine | None = None,
+             full_lengths: np.ndarray | None = None) -> CorpusPass:
+    """Encode the stored texts as ``plan`` says and run kNN collapse with ``k`` neighbours per document.
+
+    With the Ray engine the summaries come from :func:`rag_diag.collapse.ray_engine.ray_summaries` and the
+    untruncated lengths from ``full_lengths`` (the tokeniser's, from the estimate)."""
     started = time.perf_counter()
     if plan.mode == "token-store":
         tokens = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
@@ -62,10 +83,20 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int) ->
         unit = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
         return CorpusPass(plan, knn, unit, np.asarray(tokens.full_lengths), int(tokens.window), tokens, None, timings)
     assert plan.rank is not None and plan.shard_docs is not None
-    streamed = stream_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,
-                                show_progress=True)
+    engine = engine or Engine()
+    if engine.name == "ray":
+        from rag_diag.collapse.ray_engine import ray_summaries
+
+        if full_lengths is None:
+            raise RagDiagError("the Ray engine needs the texts' token lengths (from the estimate)")
+        summary = ray_summaries(stored.texts, stored.doc_ids, model=engine.model or encoder, rank=plan.rank,
+                                max_seq_length=encoder.max_seq_length, address=engine.address, show_progress=True)
+        streamed = StreamedSummaries(summary, np.asarray(full_lengths), encoder.max_seq_length, 0, 0)
+    else:
+        streamed = stream_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,
+                                    show_progress=True)
     timings = {"encode_seconds": time.perf_counter() - started, "encode_cache_hit": False,
-               "n_shards": streamed.n_shards}
+               "n_shards": streamed.n_shards, "engine": engine.name}
     started = time.perf_counter()
     knn = knn_collapse(None, k, summary=streamed.summary, show_progress=True)
     timings["knn_collapse_seconds"] = time.perf_counter() - started

@@ -89,7 +89,8 @@ def main(sizes: list[int]) -> None:
 
     print(f"rag-diag audit vs sentence-transformers encode; all-MiniLM-L6-v2; {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads; store: bare FAISS IndexFlatIP of normalised ST vectors")
-    print("| documents | ST encode | audit | audit / encode | peak RSS | RSS / RSS(first) | disk (cache + out) | mode |")
+    print("| documents | ST encode | audit | audit / encode | peak RSS | RSS / RSS(first) | disk (cache + out) "
+          "| mode |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = []
     with tempfile.TemporaryDirectory(prefix="rag-diag-bench-") as tmp:

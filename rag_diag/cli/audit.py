@@ -24,7 +24,8 @@ def audit_command(
     queries: Annotated[Path | None, typer.Option(help="queries.jsonl (with --qrels); default: probes.")] = None,
     qrels: Annotated[Path | None, typer.Option(help="BEIR qrels TSV for --queries.")] = None,
     k: Annotated[int, typer.Option(min=1, help="Neighbours per document; ANN recall and metric cut-off.")] = DEFAULT_K,
-    sample: Annotated[int, typer.Option(min=1, help="Documents sampled for the checks and probes.")] = DEFAULT_SAMPLE,
+    sample: Annotated[int, typer.Option(min=1, help="Documents sampled for the checks, probes and --estimate.")] = (
+        DEFAULT_SAMPLE),
     seed: Annotated[int, typer.Option(help="Seed of the samples and probe edits.")] = 0,
     collection: Annotated[str | None, typer.Option(help="Collection of a Qdrant or Chroma store.")] = None,
     trust_store: Annotated[bool, typer.Option(help="Unpickle index.pkl unrestricted (own stores only).")] = False,

@@ -1,7 +1,9 @@
 """Audit an existing vector store: does the model reproduce it, what is near-duplicate, what collapses.
 
-The stored texts are encoded **once** into a token store; every statistic comes from that pass and
-from objects held in memory (nothing is written to be read back):
+The stored texts are encoded **once** (:mod:`rag_diag.jobs.corpus_pass`: one token store when it fits the
+memory budget, shard-built rank-r summaries when it does not, on this machine or Ray actors; or, with
+``--estimate``, only a seeded sample: :mod:`rag_diag.jobs.sampled`); every statistic comes from that pass
+and from objects held in memory (nothing is written to be read back):
 
 - the model and pooling check, and the ANN recall of the store's own search
   (:mod:`rag_diag.diagnosis.store_checks`);

@@ -6,12 +6,14 @@ The counts are exact (the whole corpus is tokenised, which is cheap next to the 
     passes   P = ⌈N / B⌉                     (B: the batch size)
     bytes    S = T · d · s                   (s = 4 for a float32 token store, 2 for float16; one layer)
 
-The time comes from a calibration batch of seeded documents encoded first (their forward passes only):
+The time comes from a calibration batch of seeded documents encoded first (their forward passes only). A
+batch costs its padded size — its texts times its longest one — and the pass batches texts sorted by length,
+as the calibration does, so
 
-    seconds ≈ t_c · T / T_c                  (t_c: the calibration time, T_c: its tokens)
+    seconds ≈ t_c · P(all) / P(calibration),   P(texts) = Σ over batches of B sorted texts  |batch|·max n_i
 
-It is an estimate: attention is quadratic in length and batches pad to their longest text, so a corpus
-whose lengths differ from the sample's is off by the ratio of their padded costs.
+(t_c: the calibration time). It is an estimate: attention is quadratic in length, which the padded size
+does not weigh, so a corpus much longer than its sample is underestimated.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
+    """Σ over batches of ``batch_size`` length-sorted texts of |batch| · its longest text."""
+    ordered = sorted(lengths)
+    return sum(len(ordered[start : start + batch_size]) * ordered[min(start + batch_size, len(ordered)) - 1]
+               for start in range(0, len(ordered), batch_size))
+
+
 def estimate_encode(
     texts: Sequence[str], encoder: Encoder, *, batch_size: int = 32, dtype: str = "float32",
     calibration: int = CALIBRATION_DOCS, seed: int = 0,
@@ -80,11 +89,11 @@ def estimate_encode(
     for batch in batches:
         encoder.hidden_states(batch, [encoder.num_layers])
     elapsed = time.perf_counter() - started
-    sample_tokens = max(sum(lengths[row] for row in sample), 1)
+    scale = padded_tokens(lengths, batch_size) / max(padded_tokens([lengths[row] for row in sample], batch_size), 1)
     return EncodeEstimate(
         model=encoder.name, n_documents=len(texts), n_tokens=n_tokens, n_truncated=int(tokenized.n_truncated),
         forward_passes=math.ceil(len(texts) / batch_size),
         store_bytes=n_tokens * encoder.dim * BYTES_PER_VALUE[dtype],
-        calibration_documents=len(sample), calibration_seconds=elapsed, seconds=elapsed * n_tokens / sample_tokens,
+        calibration_documents=len(sample), calibration_seconds=elapsed, seconds=elapsed * scale,
         full_lengths=tuple(int(n) for n in tokenized.full_lengths),
     )

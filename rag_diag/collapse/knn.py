@@ -284,6 +284,8 @@ def knn_collapse(
                 stats_parts.append(TextStats(stats.n_tokens[own], stats.trace[own], stats.concentration[own]))
             local_a = np.repeat(inverse[: len(queries)], k)
             parts.append(fast_pairs(bank, local_a, inverse[len(queries) :]))
+            if store is not None:
+                store.release_pages()  # the chunk's rows are in the bank: RSS stays at one chunk
             advance(len(queries))
     pairs = PairStats.concat(parts)
     text_stats = summary.text_stats if summary is not None else TextStats(

@@ -124,6 +124,8 @@ class MemoryPlan:
     shard_docs: int | None
     summary_bytes: int
     reason: str
+    token_rows: int = 1 << 17
+    """Token rows kNN collapse loads at once (float64): SHARD_SHARE of the budget."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -142,9 +144,10 @@ def plan_memory(
     if budget_bytes <= 0:
         raise RagDiagError(f"--memory-budget must be positive, got {budget_bytes}")
     fits = store_bytes <= STORE_SHARE * budget_bytes and (max_store_bytes is None or store_bytes <= max_store_bytes)
+    token_rows = max(1024, int(SHARD_SHARE * budget_bytes // (dim * 8)))
     if fits and not summaries:
         return MemoryPlan("token-store", budget_bytes, store_bytes, max_store_bytes, None, None, 0,
-                          f"the token store ({store_bytes / 2**20:,.0f} MiB) fits the budget")
+                          f"the token store ({store_bytes / 2**20:,.0f} MiB) fits the budget", token_rows)
     rank = max(1, min(MAX_RANK, int(SUMMARY_SHARE * budget_bytes // max(n_docs * dim * 4, 1))))
     per_doc = max(n_tokens / max(n_docs, 1), 1.0) * dim * 4
     shard = max(1, min(n_docs, int(SHARD_SHARE * budget_bytes // per_doc)))
@@ -153,4 +156,4 @@ def plan_memory(
            + (f"--max-store ({max_store_bytes / 2**20:,.0f} MiB)" if capped and max_store_bytes is not None
               else f"half the memory budget ({budget_bytes / 2**20:,.0f} MiB)"))
     return MemoryPlan("summaries", budget_bytes, store_bytes, max_store_bytes, rank, shard,
-                      n_docs * (rank + 1) * dim * 4, why)
+                      n_docs * (rank + 1) * dim * 4, why, token_rows)

@@ -77,7 +77,7 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
         timings: dict[str, Any] = {"encode_seconds": time.perf_counter() - started,
                                    "encode_cache_hit": bool(tokens.report and tokens.report.cache_hit)}
         started = time.perf_counter()
-        knn = knn_collapse(tokens, k, show_progress=True)
+        knn = knn_collapse(tokens, k, token_budget=plan.token_rows, show_progress=True)
         timings["knn_collapse_seconds"] = time.perf_counter() - started
         means = tokens.means().astype(np.float64)
         unit = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
@@ -98,7 +98,7 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
     timings = {"encode_seconds": time.perf_counter() - started, "encode_cache_hit": False,
                "n_shards": streamed.n_shards, "engine": engine.name}
     started = time.perf_counter()
-    knn = knn_collapse(None, k, summary=streamed.summary, show_progress=True)
+    knn = knn_collapse(None, k, summary=streamed.summary, token_budget=plan.token_rows, show_progress=True)
     timings["knn_collapse_seconds"] = time.perf_counter() - started
     tail = streamed.summary.tail
     bound = bound_summary(socm_error_bound(knn.pairs, tail[knn.doc_a], tail[knn.doc_b]), plan.rank)

@@ -60,6 +60,21 @@ def _validate_texts(ids: Sequence[str], texts: Sequence[str]) -> None:
             raise RagDiagError(f"text '{doc_id}' is empty: remove it or give it content")
 
 
+RELEASE_EVERY = 32
+"""Forward passes between two flushes of the token matrix being written, each followed by dropping its
+resident pages, so writing a store of any size holds about 32 batches of it in memory."""
+
+
+def _release(embeddings: np.memmap) -> None:
+    """Write the mapped pages to the file, then unmap them from this process (the file keeps them)."""
+    import mmap
+
+    embeddings.flush()
+    mapped = getattr(embeddings, "_mmap", None)
+    if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
 def _write_store(
     folder: Path,
     encoder: Encoder,
@@ -89,6 +104,8 @@ def _write_store(
             n = int(lengths[index])
             embeddings[:, offsets[index] : offsets[index] + n] = rows[:, position, :n]
         progress(len(batch))
+        if passes % RELEASE_EVERY == 0:
+            _release(embeddings)
     embeddings.flush()
     del embeddings
     np.save(folder / "offsets.npy", offsets)

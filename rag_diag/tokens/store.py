@@ -122,7 +122,17 @@ class TokenStore:
             sums = np.add.reduceat(rows * weights[:, None], starts, axis=0)
             out[start_doc:stop_doc] = sums / np.add.reduceat(weights, starts)[:, None]
             start_doc = stop_doc
+        self.release_pages()
         return out
+
+    def release_pages(self) -> None:
+        """Drop the memory-mapped token matrix's resident pages (read-only and file-backed, so nothing is lost:
+        they are read again from disk when next touched), so a pass over the store leaves RSS where it was."""
+        import mmap
+
+        mapped = getattr(self.embeddings, "_mmap", None)
+        if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> TokenStore:

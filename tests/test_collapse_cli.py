@@ -142,3 +142,27 @@ def test_knn_mode_adds_per_document_columns(tiny_texts, tmp_path):
     assert set(docs["top_confuser"]) <= set(docs["doc_id"])
     assert pl.read_parquet(out / "pairs.parquet").height == 2 * len(tiny_texts)
     assert json.loads((out / "summary.json").read_text())["k"] == 2
+
+
+@pytest.mark.slow
+def test_knn_under_a_small_budget_uses_summaries_within_their_bound(tiny_texts, tmp_path):
+    """``collapse --knn --memory-budget`` below the token store: shard-built rank-r summaries, no token store
+    named, the error bound recorded, and every pair's SOCM within that bound of the exact run's (plus one
+    Gram-route rounding per run, at the longest text and largest concentration)."""
+    from test_collapse import gram_atol
+
+    path = corpus_file(tmp_path, tiny_texts)
+    assert main(["collapse", "--corpus", str(path), "--knn", "2", "--out", str(tmp_path / "exact")]) == 0
+    assert main(["collapse", "--corpus", str(path), "--knn", "2", "--rank", "1", "--memory-budget", "1e-6",
+                 "--out", str(tmp_path / "small")]) == 0
+    summary = json.loads((tmp_path / "small" / "summary.json").read_text())
+    assert summary["token_store"] is None and summary["rank"] == 1 and summary["engine"] == "local"
+    bound = summary["error_bound"]["max_socm_error_bound"]
+    assert bound > 0
+    exact = pl.read_parquet(tmp_path / "exact" / "pairs.parquet")
+    small = pl.read_parquet(tmp_path / "small" / "pairs.parquet")
+    assert exact["doc_b"].to_list() == small["doc_b"].to_list()
+    docs = pl.read_parquet(tmp_path / "exact" / "docs.parquet")
+    width, trace = int(docs["n_tokens"].max()), float(docs["concentration"].max())
+    rounding = gram_atol(width, 384, trace, trace) + gram_atol(1, 384, trace, trace)
+    assert np.abs(exact["socm"].to_numpy() - small["socm"].to_numpy()).max() <= bound + rounding

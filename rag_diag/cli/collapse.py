@@ -9,6 +9,7 @@ import typer
 
 from rag_diag.cli.app import Force, app, check_out, console, recorded
 from rag_diag.cli.encode import HELP_CORPUS
+from rag_diag.errors import RagDiagError
 
 
 @app.command("collapse")
@@ -26,6 +27,10 @@ def collapse_command(
     drop_special: Annotated[bool, typer.Option(help="Drop [CLS]/[SEP]/BOS tokens (the paper keeps them).")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Precision of the token products: float64 or float32.")] = "float64",
+    memory_budget: Annotated[float, typer.Option(help="--knn: GiB of corpus data to hold; over it, shard-built "
+                                                      "rank-r summaries (the bound is in summary.json).")] = 2.0,
+    engine: Annotated[str, typer.Option(help="--knn: local, or ray (summaries built by Ray actors).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="An existing Ray cluster; default a local one.")] = None,
     force: Force = False,
 ) -> Any:
     """Second-order collapse (SOCM) of a corpus, from its token store (encoded once, cached)."""
@@ -39,6 +44,16 @@ def collapse_command(
     device = resolve_device(device)
     docs = load_corpus(corpus)
     check_out(out, KIND, force)
+    if knn is not None and layer == "last":
+        table = _bounded(docs, model, knn, rank, memory_budget, engine, ray_address, recorded(context))
+        if table is not None:
+            table.write(out, force=force)
+            console.print(f"knn (rank-{table.summary['rank']} summaries, {engine}): {table.summary['n_docs']} docs, "
+                          f"avg SOCM {table.summary['avg_socm']:.4f}, max error bound "
+                          f"{table.summary['error_bound']['max_socm_error_bound']:.4f} → {out}")
+            return table
+    elif engine != "local":
+        raise RagDiagError("--engine ray builds kNN summaries: use it with --knn K (and the last layer)")
     store = encode_corpus(docs, model=model, layers=layer, device=device, show_progress=True)
     table = collapse_store(
         store, knn=knn, sample=sample, seed=seed, rank=rank, profile_layers=layer == "all",
@@ -49,3 +64,28 @@ def collapse_command(
     console.print(f"{summary['mode']}: {summary['n_docs']} docs, {summary['n_pairs']} pairs, "
                   f"avg SOCM {summary['avg_socm']:.4f}, avg concentration {summary['avg_concentration']:.4f} → {out}")
     return table
+
+
+def _bounded(docs: Any, model: str, knn: int, rank: int | None, budget_gib: float, engine: str,
+             address: str | None, command: str) -> Any:
+    """The summaries path when the token store would not fit ``budget_gib`` or Ray is asked for, else None."""
+    from rag_diag.collapse.run import collapse_summaries
+    from rag_diag.collapse.summaries import plan_memory
+    from rag_diag.models.loading import load_encoder
+    from rag_diag.tokens.estimate import estimate_encode
+
+    if not budget_gib > 0:
+        raise RagDiagError(f"--memory-budget must be a positive number of GiB, got {budget_gib}")
+    if engine not in ("local", "ray"):
+        raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
+    encoder = load_encoder(model)
+    estimate = estimate_encode(docs.texts, encoder)
+    console.print(estimate.line())
+    plan = plan_memory(len(docs), estimate.n_tokens, estimate.store_bytes, encoder.dim, int(budget_gib * 2**30),
+                       summaries=engine == "ray")
+    if plan.mode == "token-store":
+        return None
+    assert plan.rank is not None and plan.shard_docs is not None
+    return collapse_summaries(docs.texts, docs.ids, encoder, knn, rank or plan.rank, shard_docs=plan.shard_docs,
+                              corpus_sha256=docs.content_hash(), engine=engine, address=address, model=model,
+                              command=command)

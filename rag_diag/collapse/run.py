@@ -74,3 +74,31 @@ def collapse_store(
         return table
     rows = [row.as_dict() for row in layer_profile(store, sample, seed, **options)]
     return CollapseTable({**table.summary, "layers": rows}, table.docs, table.pairs, pl.DataFrame(rows))
+
+
+def collapse_summaries(
+    texts: list[str], ids: list[str], encoder: Any, k: int, rank: int, *, shard_docs: int, corpus_sha256: str,
+    engine: str = "local", address: str | None = None, model: str | None = None, command: str = "",
+) -> CollapseTable:
+    """kNN collapse of a corpus from rank-r summaries built in shards here or by Ray actors (``engine``), in
+    bounded memory; the summary records the per-pair SOCM error bound (:mod:`rag_diag.collapse.summaries`)."""
+    from rag_diag.collapse.knn import knn_collapse
+    from rag_diag.collapse.summaries import bound_summary, socm_error_bound, stream_summaries
+
+    if engine == "ray":
+        from rag_diag.collapse.ray_engine import ray_summaries
+
+        summary = ray_summaries(texts, ids, model=model or encoder, rank=rank, address=address,
+                                max_seq_length=encoder.max_seq_length, show_progress=True)
+    elif engine == "local":
+        summary = stream_summaries(texts, ids, encoder, rank, shard_docs=shard_docs, show_progress=True).summary
+    else:
+        raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
+    found = knn_collapse(None, k, summary=summary, show_progress=True)
+    bound = bound_summary(socm_error_bound(found.pairs, summary.tail[found.doc_a], summary.tail[found.doc_b]), rank)
+    return CollapseTable.build(
+        None, docs_frame(ids, np.arange(len(ids)), found.text_stats, found),
+        pairs_frame(ids, found.doc_a, found.doc_b, found.pairs), mode="knn", drop_special=False, command=command,
+        corpus_sha256=corpus_sha256, model=encoder.identity, k=k, rank=rank, engine=engine, error_bound=bound,
+        neighbours=found.graph,
+    )

@@ -62,14 +62,20 @@ class CollapseTable:
 
     @classmethod
     def build(cls, store: Any, docs: pl.DataFrame, pairs: pl.DataFrame, *, mode: str, drop_special: bool,
-              command: str, corpus_sha256: str | None = None, **extra: Any) -> CollapseTable:
-        """A table with its summary: model identity, mode, counts, averages, token store, layer, command."""
+              command: str, corpus_sha256: str | None = None, model: dict[str, Any] | None = None,
+              **extra: Any) -> CollapseTable:
+        """A table with its summary: model identity, mode, counts, averages, token store, layer, command.
+
+        ``store`` may be None for a table built from summaries (no token store kept); then ``model`` names
+        the encoder and the layer is the last one."""
+        manifest = {} if store is None else store.manifest
         summary = {
-            "model": store.manifest.get("model"), "mode": mode, "n_docs": docs.height, "n_pairs": pairs.height,
+            "model": manifest.get("model") or model, "mode": mode, "n_docs": docs.height, "n_pairs": pairs.height,
             "avg_socm": float(pairs["socm"].to_numpy().mean()) if pairs.height else None,
             "avg_concentration": float(docs["concentration"].to_numpy().mean()),
-            "token_store": str(store.path), "layer": store.layers[-1], "drop_special": drop_special,
-            "corpus_sha256": corpus_sha256 or store.manifest.get("text_sha256"), "command": command, **extra,
+            "token_store": None if store is None else str(store.path),
+            "layer": "last" if store is None else store.layers[-1], "drop_special": drop_special,
+            "corpus_sha256": corpus_sha256 or manifest.get("text_sha256"), "command": command, **extra,
         }
         return cls(summary=summary, docs=docs, pairs=pairs)
 

@@ -173,11 +173,14 @@ def covariance_summary(
     layer: int | None = None,
     drop_special: bool = False,
     chunk_docs: int = 1024,
+    chunk_bytes: int = 256 * 2**20,
     show_progress: bool = False,
 ) -> CovarianceSummary:
     """Rank-r summary of every document (top-r right singular directions of A, scaled), streamed.
 
-    Memory: N·r·d float32 for the factors plus N·d for the means.
+    Memory: N·r·d float32 for the factors plus N·d for the means, plus one chunk: a chunk of c documents
+    padded to the longest, w tokens, holds c·w·(d + 2w) float64 values (the tokens, their Gram matrix and
+    its eigenvectors), so c = min(chunk_docs, ⌊chunk_bytes / (8·w·(d + 2w))⌋) with w the store's longest text.
     """
     if rank < 1:
         raise RagDiagError(f"--rank must be at least 1, got {rank}")
@@ -186,6 +189,8 @@ def covariance_summary(
     factors = np.zeros((n_docs, rank, dim), dtype=np.float32)
     traces, tails = np.empty(n_docs), np.empty(n_docs)
     stats_parts: list[TextStats] = []
+    longest = int(store.lengths.max()) if n_docs else 1
+    chunk_docs = max(1, min(chunk_docs, chunk_bytes // (8 * longest * (dim + 2 * longest))))
     with progress_bar("collapse: rank-r summaries", n_docs, enabled=show_progress) as advance:
         for start in range(0, n_docs, chunk_docs):
             indices = np.arange(start, min(start + chunk_docs, n_docs))

@@ -205,6 +205,7 @@ def collect_runs(
                 for alpha in config.extra_alphas:
                     tuned = replace(config, alpha=alpha)
                     runs[f"rerank-{name}@{alpha:g}"] = rerank(name, runs[BASELINE], query_store, doc_store, tuned)
+            doc_store.release_pages()  # the candidates' token pages: read again if needed, not held
     return runs
 
 

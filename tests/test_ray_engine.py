@@ -30,7 +30,6 @@ from rag_diag.collapse.ray_engine import (  # noqa: E402
     _assemble,
     _ray_failure,
     actor_env,
-    knn_collapse_from_summary,
     ray_summaries,
 )
 from rag_diag.errors import RagDiagError  # noqa: E402
@@ -220,7 +219,7 @@ def test_in_memory_run_agrees_and_never_writes_the_token_cache(in_memory, local_
 def test_knn_collapse_from_ray_summaries_equals_the_local_knn_collapse(in_memory, local_store):
     summary, _ = in_memory
     want = knn_collapse(local_store, K, rank=RANK)
-    got = knn_collapse_from_summary(summary, K)
+    got = knn_collapse(None, K, summary=summary)
     # Same neighbours (bit-identical means), then the same fast_pairs code on factors equal up to sign:
     # SOCM differs by float64 rounding only (measured 1e-15).
     np.testing.assert_array_equal(got.doc_b, want.doc_b)
@@ -310,7 +309,7 @@ def test_real_minilm_by_registry_name_agrees_with_the_local_engine(ray_local, mi
     # 2.4e-7 relative on S(X) (~45, so 1.1e-5 absolute). Hence 1e-6 absolute plus 1e-6 relative.
     assert_summaries_agree(got, want, atol=1e-6, rtol=1e-6)
     local = knn_collapse(store, K, rank=rank)
-    remote = knn_collapse_from_summary(got, K)
+    remote = knn_collapse(None, K, summary=got)
     # Exact duplicates (the planted copy) tie in the mean index and may swap places: compare by text.
     canonical = np.array([texts.index(t) for t in texts])
     np.testing.assert_array_equal(np.sort(canonical[remote.doc_b].reshape(-1, K), axis=1),

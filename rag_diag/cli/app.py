@@ -31,6 +31,15 @@ def check_out(out: Path, kind: str, force: bool = False) -> None:
     check_output(out, kind, force)
 
 
+def gib_bytes(gib: float, option: str) -> int:
+    """A positive ``--option`` given in GiB, in bytes; anything else is a one-line error."""
+    from rag_diag.errors import RagDiagError
+
+    if not gib > 0:
+        raise RagDiagError(f"{option} must be a positive number of GiB, got {gib}")
+    return int(gib * 2**30)
+
+
 def recorded(context: typer.Context, positional: Sequence[str] = ()) -> str:
     """The command line of this invocation with every resolved option, for manifests."""
     return command_line(context.command_path.split()[1:], context.params, positional)

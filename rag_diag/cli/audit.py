@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rag_diag.cli.app import Force, app, check_out, console, recorded
+from rag_diag.cli.app import Force, app, check_out, console, gib_bytes, recorded
 from rag_diag.defaults import DEFAULT_K, DEFAULT_SAMPLE
 
 
@@ -67,8 +67,8 @@ def audit_command(
             check_out(Path(export), ARTEFACT_KINDS.get(stored.kind, "store"), force)
         result = audit_store(stored, model=model, pooling=pooling, queries=loaded_queries, qrels=loaded_qrels, k=k,
                              sample=sample, seed=seed, command=recorded(context),
-                             memory_budget=_bytes(memory_budget, "--memory-budget"),
-                             max_store=None if max_store is None else _bytes(max_store, "--max-store"),
+                             memory_budget=gib_bytes(memory_budget, "--memory-budget"),
+                             max_store=None if max_store is None else gib_bytes(max_store, "--max-store"),
                              estimate_only=estimate, engine=Engine(engine, ray_address),
                              on_estimate=lambda estimate: console.print(estimate.line()))
     if export is not None and export_pooling is not None:
@@ -87,10 +87,3 @@ def audit_command(
     return result
 
 
-
-def _bytes(gib: float, option: str) -> int:
-    from rag_diag.errors import RagDiagError
-
-    if not gib > 0:
-        raise RagDiagError(f"{option} must be a positive number of GiB, got {gib}")
-    return int(gib * 2**30)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rag_diag.cli.app import Force, app, check_out, console, recorded
+from rag_diag.cli.app import Force, app, check_out, console, gib_bytes, recorded
 from rag_diag.cli.encode import HELP_CORPUS
 from rag_diag.errors import RagDiagError
 
@@ -74,14 +74,13 @@ def _bounded(docs: Any, model: str, knn: int, rank: int | None, budget_gib: floa
     from rag_diag.models.loading import load_encoder
     from rag_diag.tokens.estimate import estimate_encode
 
-    if not budget_gib > 0:
-        raise RagDiagError(f"--memory-budget must be a positive number of GiB, got {budget_gib}")
+    budget = gib_bytes(budget_gib, "--memory-budget")
     if engine not in ("local", "ray"):
         raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
     encoder = load_encoder(model)
     estimate = estimate_encode(docs.texts, encoder)
     console.print(estimate.line())
-    plan = plan_memory(len(docs), estimate.n_tokens, estimate.store_bytes, encoder.dim, int(budget_gib * 2**30),
+    plan = plan_memory(len(docs), estimate.n_tokens, estimate.store_bytes, encoder.dim, budget,
                        summaries=engine == "ray")
     if plan.mode == "token-store":
         return None

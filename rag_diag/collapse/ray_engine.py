@@ -20,7 +20,7 @@ Pipeline (``--engine ray [--ray-address ADDR]``):
    - raw statistics ``n_tokens`` n, ``trace`` S(X) = tr Σ(X), ``concentration`` S(X)/‖μ(X)‖².
 3. Optionally the shards are written as parquet into ``shard_dir`` (``Dataset.write_parquet``) and read
    back; rows are sorted by row index into a :class:`~rag_diag.collapse.knn.CovarianceSummary`.
-4. ``knn_collapse(None, k, summary=…)`` (:func:`knn_collapse_from_summary`) runs the local engine's kNN
+4. ``knn_collapse(None, k, summary=…)`` runs the local engine's kNN
    search and SOCM code on it.
 
 Agreement with the local engine: every per-document quantity depends on that document's token matrix
@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from rag_diag.collapse.knn import EXACT_LIMIT, CovarianceSummary, KnnResult, covariance_summary, knn_collapse
+from rag_diag.collapse.knn import CovarianceSummary, covariance_summary
 from rag_diag.collapse.socm import TextStats
 from rag_diag.errors import RagDiagError, first_line
 from rag_diag.models.protocol import Encoder
@@ -287,20 +286,3 @@ def ray_summaries(
         finally:
             context.enable_progress_bars = progress_before
     return _assemble(parts, ids, rank)
-
-
-def knn_collapse_from_summary(
-    summary: CovarianceSummary,
-    k: int,
-    *,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float64,
-    exact_limit: int = EXACT_LIMIT,
-) -> KnnResult:
-    """kNN collapse of precomputed rank-r summaries: ``knn_collapse(None, k, summary=summary)``, the local path.
-
-    Neighbours by cosine of the means, SOCM of each (document, neighbour) pair on the factor banks
-    (d_μ = (1 − cos)/2, d_Σ = BW²(F1ᵀF1, F2ᵀF2)/4, SOCM = (1 − d_μ)·d_Σ), then collapse_mean = mean,
-    collapse_max = max and top_confuser = argmax over the k neighbours.
-    """
-    return knn_collapse(None, k, summary=summary, device=device, dtype=dtype, exact_limit=exact_limit)

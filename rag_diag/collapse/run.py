@@ -82,20 +82,14 @@ def collapse_summaries(
 ) -> CollapseTable:
     """kNN collapse of a corpus from rank-r summaries built in shards here or by Ray actors (``engine``), in
     bounded memory; the summary records the per-pair SOCM error bound (:mod:`rag_diag.collapse.summaries`)."""
-    from rag_diag.collapse.knn import knn_collapse
-    from rag_diag.collapse.summaries import bound_summary, socm_error_bound, stream_summaries
+    from rag_diag.collapse.summaries import build_summaries, collapse_from_summaries
 
-    if engine == "ray":
-        from rag_diag.collapse.ray_engine import ray_summaries
-
-        summary = ray_summaries(texts, ids, model=model or encoder, rank=rank, address=address,
-                                max_seq_length=encoder.max_seq_length, show_progress=True)
-    elif engine == "local":
-        summary = stream_summaries(texts, ids, encoder, rank, shard_docs=shard_docs, show_progress=True).summary
-    else:
-        raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
-    found = knn_collapse(None, k, summary=summary, show_progress=True)
-    bound = bound_summary(socm_error_bound(found.pairs, summary.tail[found.doc_a], summary.tail[found.doc_b]), rank)
+    lengths = None
+    if engine == "ray":  # Ray gives summaries only: the untruncated lengths come from the tokeniser
+        lengths = np.asarray(encoder.tokenize(texts).full_lengths)
+    summary = build_summaries(texts, ids, encoder, rank, shard_docs=shard_docs, full_lengths=lengths, engine=engine,
+                              address=address, model=model).summary
+    found, bound = collapse_from_summaries(summary, k, rank)
     return CollapseTable.build(
         None, docs_frame(ids, np.arange(len(ids)), found.text_stats, found),
         pairs_frame(ids, found.doc_a, found.doc_b, found.pairs), mode="knn", drop_special=False, command=command,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rag_diag.collapse.knn import CovarianceSummary, covariance_summary
+from rag_diag.collapse.knn import CovarianceSummary, KnnResult, covariance_summary, knn_collapse
 from rag_diag.collapse.socm import PairStats, TextStats
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
@@ -82,6 +82,35 @@ def stream_summaries(
             _remove(path)
             advance(stop - start)
     return StreamedSummaries(concat_summaries(parts), np.concatenate(lengths), window, len(parts), shard_docs)
+
+
+def build_summaries(
+    texts: Sequence[str], ids: Sequence[str], encoder: Encoder, rank: int, *, shard_docs: int,
+    full_lengths: np.ndarray | None = None, engine: str = "local", address: str | None = None,
+    model: str | None = None,
+) -> StreamedSummaries:
+    """The corpus's rank-r summaries, in shards here (``local``) or by Ray actors (``ray``, at ``address`` or on a
+    local instance, each loading ``model`` — a registry name travels better than a loaded encoder). Ray gives
+    no untruncated lengths: pass the tokeniser's (``full_lengths``)."""
+    if engine == "local":
+        return stream_summaries(texts, ids, encoder, rank, shard_docs=shard_docs, show_progress=True)
+    if engine != "ray":
+        raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
+    if full_lengths is None:
+        raise RagDiagError("the Ray engine needs the texts' token lengths (from the estimate)")
+    from rag_diag.collapse.ray_engine import ray_summaries
+
+    summary = ray_summaries(list(texts), list(ids), model=model or encoder, rank=rank, address=address,
+                            max_seq_length=encoder.max_seq_length, show_progress=True)
+    return StreamedSummaries(summary, np.asarray(full_lengths), encoder.max_seq_length, 0, 0)
+
+
+def collapse_from_summaries(summary: CovarianceSummary, k: int, rank: int,
+                            token_budget: int = 1 << 17) -> tuple[KnnResult, dict[str, Any]]:
+    """kNN collapse on the summaries, and the summary of its per-pair error bound (:func:`bound_summary`)."""
+    found = knn_collapse(None, k, summary=summary, token_budget=token_budget, show_progress=True)
+    bound = socm_error_bound(found.pairs, summary.tail[found.doc_a], summary.tail[found.doc_b])
+    return found, bound_summary(bound, rank)
 
 
 def _remove(path: Path) -> None:

@@ -215,7 +215,7 @@ def audit_store(
     if queries is None or qrels is None:
         queries, qrels = copy_probes(stored.corpus(), sample, seed)
     corpus = stored.corpus()
-    others = {} if pooling == "mean" else {"mean": build_faiss(corpus_pass.unit_means, "cosine")[0]}
+    others = {} if pooling == "mean" else {"mean": build_faiss(corpus_pass.unit_means(), "cosine")[0]}
     bundle = IndexBundle.from_index(stored.index, stored.doc_ids, model=encoder.identity, strategy=pooling,
                                     others=others, corpus_sha256=corpus.content_hash(), source=str(stored.path))
     token_store = evaluation_store(corpus_pass.tokens, bundle, stored, queries, qrels, encoder, corpus_pass.timings)

@@ -18,15 +18,8 @@ from typing import Any
 import numpy as np
 
 from rag_diag.collapse.knn import KnnResult, knn_collapse
-from rag_diag.collapse.summaries import (
-    MemoryPlan,
-    StreamedSummaries,
-    bound_summary,
-    socm_error_bound,
-    stream_summaries,
-)
+from rag_diag.collapse.summaries import MemoryPlan, build_summaries, collapse_from_summaries
 from rag_diag.corpora.io import Qrels, Queries
-from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import BASELINE, retrieve
 from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
@@ -42,12 +35,21 @@ class CorpusPass:
 
     plan: MemoryPlan
     knn: KnnResult
-    unit_means: np.ndarray
+    summary_means: np.ndarray | None
     full_lengths: np.ndarray
     window: int
     tokens: TokenStore | None
     error_bound: dict[str, Any] | None
     timings: dict[str, Any] = field(default_factory=dict)
+
+    def unit_means(self) -> np.ndarray:
+        """Every document's L2-normalised mean vector (read from the token store only when asked: the
+        exact mean index a store of another pooling is evaluated beside)."""
+        if self.summary_means is not None:
+            return self.summary_means.astype(np.float64)
+        assert self.tokens is not None
+        means = self.tokens.means().astype(np.float64)
+        return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
     @property
     def whole(self) -> bool:
@@ -79,31 +81,18 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
         started = time.perf_counter()
         knn = knn_collapse(tokens, k, token_budget=plan.token_rows, show_progress=True)
         timings["knn_collapse_seconds"] = time.perf_counter() - started
-        means = tokens.means().astype(np.float64)
-        unit = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-        return CorpusPass(plan, knn, unit, np.asarray(tokens.full_lengths), int(tokens.window), tokens, None, timings)
+        return CorpusPass(plan, knn, None, np.asarray(tokens.full_lengths), int(tokens.window), tokens, None, timings)
     assert plan.rank is not None and plan.shard_docs is not None
     engine = engine or Engine()
-    if engine.name == "ray":
-        from rag_diag.collapse.ray_engine import ray_summaries
-
-        if full_lengths is None:
-            raise RagDiagError("the Ray engine needs the texts' token lengths (from the estimate)")
-        summary = ray_summaries(stored.texts, stored.doc_ids, model=engine.model or encoder, rank=plan.rank,
-                                max_seq_length=encoder.max_seq_length, address=engine.address, show_progress=True)
-        streamed = StreamedSummaries(summary, np.asarray(full_lengths), encoder.max_seq_length, 0, 0)
-    else:
-        streamed = stream_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,
-                                    show_progress=True)
+    streamed = build_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,
+                               full_lengths=full_lengths, engine=engine.name, address=engine.address,
+                               model=engine.model)
     timings = {"encode_seconds": time.perf_counter() - started, "encode_cache_hit": False,
                "n_shards": streamed.n_shards, "engine": engine.name}
     started = time.perf_counter()
-    knn = knn_collapse(None, k, summary=streamed.summary, token_budget=plan.token_rows, show_progress=True)
+    knn, bound = collapse_from_summaries(streamed.summary, k, plan.rank, plan.token_rows)
     timings["knn_collapse_seconds"] = time.perf_counter() - started
-    tail = streamed.summary.tail
-    bound = bound_summary(socm_error_bound(knn.pairs, tail[knn.doc_a], tail[knn.doc_b]), plan.rank)
-    unit = streamed.summary.means.astype(np.float64)
-    return CorpusPass(plan, knn, unit, streamed.full_lengths, streamed.window, None, bound, timings)
+    return CorpusPass(plan, knn, streamed.summary.means, streamed.full_lengths, streamed.window, None, bound, timings)
 
 
 def evaluation_store(

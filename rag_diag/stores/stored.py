@@ -66,7 +66,7 @@ class StoredIndex:
         if ivf is not None:
             ivf.make_direct_map()
         try:
-            return np.stack([self.index.reconstruct(int(row)) for row in rows]).astype(np.float64)
+            return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64)).astype(np.float64)
         except RuntimeError:
             name = type(self.index).__name__
             raise RagDiagError(f"cannot read vectors back from a {name}: the model cannot be checked") from None

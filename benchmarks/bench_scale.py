@@ -9,6 +9,14 @@ For each size N of the real mixed knowledge base (``rag-diag corpora build kb-sc
    cache: wall time, peak RSS (the process's ru_maxrss), and the disk it wrote (cache + output);
 3. the ratio audit / encode, and RSS(N) / RSS(10k).
 
+4. where the audit's time went (its ``timings``: encoder pass, kNN collapse, the windowed candidate's
+   re-encoding of the texts the window cuts, the whole evaluation);
+5. the coverage of ``audit --estimate``'s 95 % interval for the mean collapse rate: the interval of
+   :func:`rag_diag.jobs.sampled.interval` over ``SAMPLE`` seeded documents (the rates ``--estimate`` computes
+   for them equal the full audit's, ``tests/test_sampled.py``), for ``SEEDS`` seeds, against the full run's mean;
+6. at the largest size, a real ``audit --estimate --sample SAMPLE`` run beside the full one: every estimated
+   figure's interval and the full run's value.
+
 Goals (issue 12): peak RSS ≤ 3 GiB at 100k and ≤ 1.25 × RSS at 10k; audit ≤ 1.5 × the encode alone.
 Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_scale.py [N ...]`` (default 10000 30000 100000).
 """
@@ -23,6 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import polars as pl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -84,6 +95,53 @@ def encode_and_store(corpus: Path, store: Path) -> float:
     return seconds
 
 
+SAMPLE = 500
+SEEDS = 1000
+
+
+def coverage(rates: np.ndarray) -> float:
+    """Share of ``SEEDS`` seeded samples whose 95 % interval of the mean holds the full-run mean."""
+    from rag_diag.jobs.sampled import interval
+    from rag_diag.sampling import seeded_sample
+
+    truth = float(rates.mean())
+    hits = 0
+    for seed in range(SEEDS):
+        found = interval(rates[seeded_sample(len(rates), SAMPLE, seed)], len(rates))
+        hits += found["ci_low"] <= truth <= found["ci_high"]
+    return hits / SEEDS
+
+
+def full_values(summary: dict) -> dict[str, float]:
+    """The full audit's value of each figure ``--estimate`` estimates."""
+    return {
+        "mean_collapse_rate": summary["collapse"]["mean_collapse_rate"],
+        "near_duplicate_share": summary["near_duplicates"]["share_documents_in_clusters"],
+        "hubness_skew": summary["hubness"]["skewness"],
+        "truncated_share": summary["estimate"]["n_truncated"] / summary["n_documents"],
+        "ann_recall": summary["ann"]["recall_at_k"],
+    }
+
+
+def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> None:
+    """Run ``audit --estimate --sample SAMPLE`` and print each interval beside the full run's value."""
+    seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out), "--estimate",
+                            "--sample", str(SAMPLE)], env)
+    estimates = json.loads((out / "audit.json").read_text())["estimates"]
+    print(f"\naudit --estimate --sample {SAMPLE}: {seconds:.0f} s, peak RSS {rss / 2**30:.2f} GiB")
+    print("| figure | estimate | 95 % interval | full run | covered | method |")
+    print("|---|---:|---|---:|---|---|")
+    for name, value in full_values(full).items():
+        found = estimates[name]
+        covered = found["ci_low"] <= value <= found["ci_high"]
+        print(f"| {name} | {found['value']:.4f} | [{found['ci_low']:.4f}, {found['ci_high']:.4f}] | {value:.4f} | "
+              f"{'yes' if covered else 'no'} | {found['method']} |")
+    bound = full["collapse"].get("error_bound")
+    if bound:
+        print(f"(the full run's collapse rates come from rank-{bound['rank']} summaries: mean SOCM error bound "
+              f"{bound['mean_socm_error_bound']:.3g}, the estimate's from exact SOCM)")
+
+
 def main(sizes: list[int]) -> None:
     import torch
 
@@ -93,6 +151,7 @@ def main(sizes: list[int]) -> None:
           "| mode |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = []
+    details: list[tuple[int, dict, float]] = []
     with tempfile.TemporaryDirectory(prefix="rag-diag-bench-") as tmp:
         base = Path(tmp)
         for n_docs in sizes:
@@ -109,8 +168,22 @@ def main(sizes: list[int]) -> None:
             print(f"| {n_docs:,} | {encode_seconds:.0f} s | {seconds:.0f} s | {seconds / encode_seconds:.2f}× | "
                   f"{rss / 2**30:.2f} GiB | {rss / first_rss:.2f} | {(disk(cache) + disk(out)) / 2**20:,.0f} MiB | "
                   f"{summary['memory']['mode']} |", flush=True)
+            timings = summary["timings"]
+            rates = pl.read_parquet(out / "documents.parquet")["collapse_mean"].to_numpy()
+            details.append((n_docs, timings, coverage(rates)))
+            if n_docs == max(sizes):
+                estimate_beside(store, env, base / f"estimate-{n_docs}", summary)
             shutil.rmtree(cache, ignore_errors=True)
             shutil.rmtree(store, ignore_errors=True)
+    print(f"\nwhere the audit's time went (s), and the coverage of the 95 % interval of the mean collapse rate from "
+          f"{SAMPLE} seeded documents over {SEEDS} seeds")
+    print("| documents | encoder pass | kNN collapse | windowed re-encoding | evaluation (all candidates) "
+          "| coverage |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n_docs, timings, covered in details:
+        print(f"| {n_docs:,} | {timings['encode_seconds']:.0f} | {timings['knn_collapse_seconds']:.0f} | "
+              f"{timings.get('windowed_build_seconds', 0.0):.0f} | {timings['evaluation_seconds']:.0f} | "
+              f"{covered:.3f} |")
     print("\ncommand: .venv/bin/python benchmarks/bench_scale.py " + " ".join(str(n) for n in sizes))
 
 

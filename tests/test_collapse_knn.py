@@ -210,3 +210,11 @@ def test_hnsw_graph_beyond_the_exact_limit_reports_its_recall():
     assert 0.5 < graph.recall <= 1.0
     exact = neighbour_graph(means, k, exact_limit=3000)
     assert exact.index_type == "IndexFlatIP" and exact.recall == 1.0 and exact.n_recall_queries == 0
+
+
+def test_a_mutual_pair_is_computed_once_at_its_first_row():
+    from rag_diag.collapse.knn import _first_of_pair
+
+    # rows: 0→1, 0→2, 1→0 (mutual with row 0), 1→2, 2→1 (mutual with row 3), 2→0 (mutual with row 1)
+    doc_a, doc_b = np.array([0, 0, 1, 1, 2, 2]), np.array([1, 2, 0, 2, 1, 0])
+    np.testing.assert_array_equal(_first_of_pair(doc_a, doc_b, 3), [0, 1, 0, 3, 3, 1])

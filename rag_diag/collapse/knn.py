@@ -7,8 +7,9 @@ recall@k against exact search is measured on a seeded sample of documents and re
 - collapse_mean(d) = (1/k) Σ SOCM(d, n_i), collapse_max(d) = max_i SOCM(d, n_i),
 - top_confuser(d) = the n_i with the highest SOCM.
 
-This is O(N·k) pairs. Documents are streamed in chunks: a chunk loads only its own and its neighbours'
-token matrices from the memory-mapped store, so memory is bounded by ``token_budget`` rows.
+This is O(N·k) pairs, a mutual pair (d in n's list and n in d's) computed once. Documents are streamed in
+chunks: a chunk loads only its own and its neighbours' token matrices from the memory-mapped store, so
+memory is bounded by ``token_budget`` rows.
 
 When token matrices are too many to revisit, :func:`covariance_summary` keeps per document only the
 unit mean, the raw statistics and a rank-r factor F (r × d) of the normalised covariance, the top-r
@@ -225,6 +226,17 @@ def _query_chunks(lengths: np.ndarray, neighbours: np.ndarray, token_budget: int
     return chunks
 
 
+def _first_of_pair(doc_a: np.ndarray, doc_b: np.ndarray, n_docs: int) -> np.ndarray:
+    """For each directed pair row, the first row holding the same unordered pair {a, b}.
+
+    SOCM, d_μ, d_Σ and the cosine are symmetric in the pair, so a mutual neighbour pair (i → j and j → i)
+    is computed once, at its first row, and copied to the other.
+    """
+    key = np.minimum(doc_a, doc_b) * n_docs + np.maximum(doc_a, doc_b)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first[inverse]
+
+
 def _summarise(doc_a: np.ndarray, doc_b: np.ndarray, socm: np.ndarray, k: int, n_docs: int) -> tuple[np.ndarray, ...]:
     """collapse_mean, collapse_max, top_confuser per document from its k directed pair rows."""
     per_doc = socm.reshape(n_docs, k)
@@ -272,11 +284,14 @@ def knn_collapse(
     neighbours = graph.neighbours
     doc_a = np.repeat(np.arange(n_docs), k)
     doc_b = neighbours.reshape(-1)
+    source = _first_of_pair(doc_a, doc_b, n_docs)
+    computed = source == np.arange(len(source))
     parts: list[PairStats] = []
     stats_parts: list[TextStats] = []
     with progress_bar(f"collapse: {k} neighbours per document", n_docs, enabled=show_progress) as advance:
         for queries in _query_chunks(lengths, neighbours, token_budget):
-            rows = slice(queries[0] * k, (queries[-1] + 1) * k)
+            rows = np.arange(queries[0] * k, (queries[-1] + 1) * k)
+            rows = rows[computed[rows]]  # a mutual pair is computed once, where it first occurs
             members, inverse = np.unique(np.concatenate([queries, doc_b[rows]]), return_inverse=True)
             if summary is not None:
                 bank = summary.bank(members, device, dtype)
@@ -287,12 +302,12 @@ def knn_collapse(
                 )
                 own = inverse[: len(queries)]
                 stats_parts.append(TextStats(stats.n_tokens[own], stats.trace[own], stats.concentration[own]))
-            local_a = np.repeat(inverse[: len(queries)], k)
+            local_a = inverse[: len(queries)][doc_a[rows] - queries[0]]
             parts.append(fast_pairs(bank, local_a, inverse[len(queries) :]))
             if store is not None:
                 store.release_pages()  # the chunk's rows are in the bank: RSS stays at one chunk
             advance(len(queries))
-    pairs = PairStats.concat(parts)
+    pairs = PairStats.concat(parts).take(np.cumsum(computed)[source] - 1)
     text_stats = summary.text_stats if summary is not None else TextStats(
         *(np.concatenate([getattr(s, f) for s in stats_parts]) for f in ("n_tokens", "trace", "concentration"))
     )

@@ -287,7 +287,7 @@ def evaluate_bundle(
         extra = extra_runs(corpus, queries, query_store, encoder, runs.get(BASELINE), depth, doc_store,
                            lexical=lexical, windowed=windowed)
         runs |= extra.runs
-        costs = {"index_bytes": extra.index_bytes, "latency_ms": extra.latency_ms}
+        costs = {"index_bytes": extra.index_bytes, "latency_ms": extra.latency_ms, "build_seconds": extra.build_seconds}
     metrics, significance, table, scores = score_runs(runs, qrels, k)
     manifest = {
         "metrics": metrics,

@@ -22,6 +22,7 @@ and from objects held in memory (nothing is written to be read back):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,8 +221,12 @@ def audit_store(
                                     others=others, corpus_sha256=corpus.content_hash(), source=str(stored.path))
     token_store = evaluation_store(corpus_pass.tokens, bundle, stored, queries, qrels, encoder, corpus_pass.timings)
     bundle.tokens = token_store
+    started = time.perf_counter()
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
                                  corpus=corpus, lexical=True, windowed=corpus_pass.whole, command=command)
+    corpus_pass.timings["evaluation_seconds"] = time.perf_counter() - started
+    corpus_pass.timings |= {f"{name}_build_seconds": seconds
+                            for name, seconds in evaluation.manifest["extra_costs"].get("build_seconds", {}).items()}
     collapse = CollapseTable.build(
         token_store, docs_frame(stored.doc_ids, np.arange(n_docs), knn.text_stats, knn),
         pairs_frame(stored.doc_ids, knn.doc_a, knn.doc_b, knn.pairs), mode="knn", drop_special=False,

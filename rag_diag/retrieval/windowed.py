@@ -1,10 +1,10 @@
 """Windowed encoding of long documents: split into window-sized chunks, score = the best chunk.
 
 A document longer than the model window is encoded by a single pass only up to the window; the rest is
-invisible to every pooling. Here each document is cut into word chunks of ``chunk_words`` words with
-``overlap_words`` words shared by neighbouring chunks (documents that fit in one chunk stay whole),
-every chunk is mean-pooled from its own token store, and a document's score for a query is the best
-cosine over its chunks: s(q, d) = max_c cos(μ_q, μ_c).
+invisible to every pooling. Here each such document is cut into word chunks of ``chunk_words`` words with
+``overlap_words`` words shared by neighbouring chunks (documents whose tokens fit the window stay whole, as
+do documents that fit in one chunk), every chunk is mean-pooled from its own token store, and a document's
+score for a query is the best cosine over its chunks: s(q, d) = max_c cos(μ_q, μ_c).
 
 Word chunks are sized from the window so that they fit: with W tokens, ``chunk_words = W // 2``
 (English subword tokenizers average ≈ 1.3 tokens per word, so W/2 words stay under W tokens with room
@@ -59,8 +59,10 @@ class WindowedIndex:
         one chunk (their only chunk is the whole text), so only the long documents are encoded again.
         """
         size = max(encoder.max_seq_length // 2, 8)
-        pieces = [chunk_words(text, size, int(size * OVERLAP_SHARE)) for text in corpus.texts]
         reuse = whole is not None and whole.doc_ids == corpus.ids
+        fits = fits_window(corpus.texts, encoder, whole if reuse else None)
+        pieces = [[text] if fit else chunk_words(text, size, int(size * OVERLAP_SHARE))
+                  for text, fit in zip(corpus.texts, fits, strict=True)]
         vectors, owners = [], []
         if reuse:
             assert whole is not None
@@ -95,6 +97,23 @@ class WindowedIndex:
                 best[doc_id] = max(best.get(doc_id, -np.inf), score)
             run[query_id] = dict(sorted(best.items(), key=lambda item: (-item[1], item[0]))[:depth])
         return run
+
+
+def fits_window(texts: list[str], encoder: Encoder, whole: TokenStore | None = None) -> np.ndarray:
+    """Whether each text's tokens (special tokens included) fit the encoder's window.
+
+    With ``whole``, the texts' own token store, a text stored with fewer tokens than the window fits; only the
+    texts stored at the full window are tokenised again, to tell an exact fit from a cut.
+    """
+    window = encoder.max_seq_length
+    fits = np.zeros(len(texts), dtype=bool)
+    if whole is not None:
+        fits = whole.lengths < window
+    unsure = np.flatnonzero(~fits)
+    if len(unsure):
+        full = encoder.tokenize([texts[i] for i in unsure]).full_lengths
+        fits[unsure] = np.asarray(full) <= window
+    return fits
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -122,7 +122,7 @@ class TokenStore:
             sums = np.add.reduceat(rows * weights[:, None], starts, axis=0)
             out[start_doc:stop_doc] = sums / np.add.reduceat(weights, starts)[:, None]
             start_doc = stop_doc
-        self.release_pages()
+            self.release_pages()  # RSS holds one chunk of the store, not the store
         return out
 
     def release_pages(self) -> None:

@@ -125,8 +125,12 @@ def full_values(summary: dict) -> dict[str, float]:
 
 def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> None:
     """Run ``audit --estimate --sample SAMPLE`` and print each interval beside the full run's value."""
-    seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out), "--estimate",
-                            "--sample", str(SAMPLE)], env)
+    try:
+        seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out), "--estimate",
+                                "--sample", str(SAMPLE)], env)
+    except SystemExit as failed:  # keep the rows measured so far
+        print(f"\naudit --estimate --sample {SAMPLE}: {failed}")
+        return
     estimates = json.loads((out / "audit.json").read_text())["estimates"]
     print(f"\naudit --estimate --sample {SAMPLE}: {seconds:.0f} s, peak RSS {rss / 2**30:.2f} GiB")
     print("| figure | estimate | 95 % interval | full run | covered | method |")
@@ -178,12 +182,13 @@ def main(sizes: list[int]) -> None:
     print(f"\nwhere the audit's time went (s), and the coverage of the 95 % interval of the mean collapse rate from "
           f"{SAMPLE} seeded documents over {SEEDS} seeds")
     print("| documents | encoder pass | kNN collapse | windowed re-encoding | evaluation (all candidates) "
-          "| coverage |")
-    print("|---:|---:|---:|---:|---:|---:|")
+          "| peak RSS (GiB) before the pass / after it / after the evaluation | coverage |")
+    print("|---:|---:|---:|---:|---:|---|---:|")
     for n_docs, timings, covered in details:
         print(f"| {n_docs:,} | {timings['encode_seconds']:.0f} | {timings['knn_collapse_seconds']:.0f} | "
               f"{timings.get('windowed_build_seconds', 0.0):.0f} | {timings['evaluation_seconds']:.0f} | "
-              f"{covered:.3f} |")
+              f"{timings['peak_rss_gib_before_pass']:.2f} / {timings['peak_rss_gib_after_pass']:.2f} / "
+              f"{timings['peak_rss_gib_after_evaluation']:.2f} | {covered:.3f} |")
     print("\ncommand: .venv/bin/python benchmarks/bench_scale.py " + " ".join(str(n) for n in sizes))
 
 

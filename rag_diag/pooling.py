@@ -219,6 +219,10 @@ def fit_stats(name: str, store: TokenStore) -> Stats:
     return stats
 
 
+RELEASE_TEXTS = 4096
+"""Texts pooled between two drops of the token store's resident pages (RSS holds that many texts of it)."""
+
+
 def _pool_all(store: TokenStore, pool: PoolFn, stats: Stats, label: str) -> np.ndarray:
     rows = []
     with progress_bar(label, len(store), enabled=len(store) > 2000) as advance:
@@ -226,6 +230,9 @@ def _pool_all(store: TokenStore, pool: PoolFn, stats: Stats, label: str) -> np.n
             tokens, token_ids = _text_tokens(store, index)
             rows.append(pool(tokens, token_ids, stats))
             advance(1)
+            if (index + 1) % RELEASE_TEXTS == 0:
+                store.release_pages()
+    store.release_pages()
     return np.asarray(rows, dtype=np.float64)
 
 

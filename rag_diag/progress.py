@@ -37,3 +37,10 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size so far, in GiB (``ru_maxrss``, KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

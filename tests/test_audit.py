@@ -413,3 +413,20 @@ def test_estimate_mode_samples_documents_and_brackets_the_full_audit(kb, mock_st
     sampled_rates = small.documents.filter(pl.col("doc_id").is_in(sampled_ids))["collapse_mean"].to_numpy()
     assert rate["value"] == pytest.approx(float(sampled_rates.mean()), abs=1e-12)
     assert estimates["truncated_share"]["value"] == audited.summary["long_chunks"]["share"]
+
+
+@pytest.mark.slow  # a sampled audit (BM25, fusion, re-rankers)
+def test_estimate_mode_rates_every_document_tied_with_a_top_hit(kb, mock_encoder, tmp_path):
+    """Exact duplicates tie at the top of a query's ranking, and a deeper search may order them otherwise: every
+    tied document is rated (found at 100,000 kb-scale documents, where the evaluation's confuser was the twin)."""
+    from rag_diag.retrieval.bundle import build_indexes
+
+    twin = Corpus(ids=[*kb.ids, "twin-a", "twin-b"], texts=[*kb.texts, kb.texts[3], kb.texts[3]])
+    store = open_store(build_indexes(twin, model=mock_encoder, strategies="mean").export_langchain(
+        twin, tmp_path / "store"))
+    queries = Queries(ids=["q-twin"], texts=[kb.texts[3]])  # ties kb.ids[3], twin-a and twin-b at cosine 1
+    qrels = Qrels({"q-twin": {kb.ids[0]: 1}})  # judged elsewhere: the query fails, its confuser a tied document
+    small = audit_store(store, model=mock_encoder, queries=queries, qrels=qrels, k=K, sample=1, estimate_only=True)
+    rated = set(small.documents.filter(pl.col("collapse_mean").is_not_null())["doc_id"].to_list())
+    assert {kb.ids[3], "twin-a", "twin-b", kb.ids[0]} <= rated
+    assert small.summary["diagnosis"]["n_failures"] == 1

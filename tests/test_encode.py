@@ -233,6 +233,37 @@ def test_cli_encode_bad_input_one_line_error(tmp_path, capsys, content, message)
     assert not (tmp_path / "out").exists()
 
 
+def test_max_store_refuses_before_any_pass_and_names_float16(tiny_texts, tmp_path, counting):
+    size = sum(len(ids) for ids in counting.tokenize(tiny_texts).input_ids) * counting.dim * 4  # 1 layer, float32
+    with pytest.raises(RagDiagError, match=r"over --max-store .*--dtype float16 would take"):
+        encode_texts(tiny_texts, model=counting, out=tmp_path / "big", cache=False, max_store=size - 1)
+    assert not (tmp_path / "big").exists() and CountingEncoder.calls == 0
+    store = encode_texts(tiny_texts, model=counting, out=tmp_path / "fits", cache=False, max_store=size)
+    assert store.embeddings.nbytes == size  # the cap is the store's exact size
+
+
+def test_a_tiny_memory_budget_writes_the_same_store(tiny_texts, mock_store, tmp_path):
+    # a 1-byte budget flushes and unmaps after every pass: the same bytes on disk
+    small = encode_texts(tiny_texts, model=MockEncoder(), out=tmp_path / "small", cache=False, batch_size=2,
+                         memory_budget=1)
+    np.testing.assert_array_equal(np.asarray(small.embeddings), np.asarray(mock_store.embeddings))
+    np.testing.assert_array_equal(small.offsets, mock_store.offsets)
+
+
+def test_cli_encode_max_store_is_a_one_line_error(tmp_path, capsys):
+    from rag_diag.cli import main
+
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("one text\nanother text\n")
+    code = main(["encode", "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--model", "minilm",
+                 "--max-store", "0.000000001"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar
+    assert code != 0 and err.startswith("error: the token store would take") and "KiB, over --max-store 1 B" in err
+    assert not (tmp_path / "out").exists()
+    code = main(["encode", "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--ray-address", "x:1"])
+    assert code != 0 and "--ray-address needs --engine ray" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- real model (slow)
 
 

@@ -24,17 +24,11 @@ pytest.importorskip("ray.data")
 pytestmark = pytest.mark.optional  # the 'ray' extra
 
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary, knn_collapse  # noqa: E402
-from rag_diag.collapse.ray_engine import (  # noqa: E402
-    COLUMNS,
-    MISSING_RAY,
-    _assemble,
-    _ray_failure,
-    actor_env,
-    ray_summaries,
-)
+from rag_diag.collapse.ray_engine import COLUMNS, _assemble, ray_summaries  # noqa: E402
 from rag_diag.errors import RagDiagError  # noqa: E402
 from rag_diag.models.mock import MockEncoder  # noqa: E402
 from rag_diag.tokens.extract import encode_texts  # noqa: E402
+from rag_diag.tokens.ray_pass import MISSING_RAY, RayOptions, actor_env, ray_failure  # noqa: E402
 
 RANK, K = 3, 4
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,11 +239,11 @@ def test_ray_failures_quote_the_actor_side_error_in_one_line():
         "ValueError: broken encoder\nsecond line\n\nThe above exception was the direct cause of the following:\n"
         "ray.exceptions.UserCodeException: UDF failed to process a data block."
     )
-    assert str(_ray_failure(wrapped)) == "the Ray engine failed: ValueError: broken encoder"
+    assert str(ray_failure(wrapped)) == "the Ray engine failed: ValueError: broken encoder"
     died = ray.exceptions.ActorDiedError()
-    assert str(_ray_failure(died)) == "the Ray engine failed: The actor died unexpectedly before finishing this task."
+    assert str(ray_failure(died)) == "the Ray engine failed: The actor died unexpectedly before finishing this task."
     ours = Exception("ray::MapWorker.__init__()\n    raise RagDiagError(\nrag_diag.errors.RagDiagError: no such model")
-    assert str(_ray_failure(ours)) == "no such model"
+    assert str(ray_failure(ours)) == "no such model"
 
 
 def test_bad_input_fails_before_ray_starts(corpus, tmp_path):
@@ -278,6 +272,41 @@ def test_actor_environment_is_offline_with_this_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("RAG_DIAG_CACHE", str(tmp_path))
     monkeypatch.delenv("RAG_DIAG_ONLINE", raising=False)
     assert actor_env() == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAG_DIAG_CACHE": str(tmp_path)}
+
+
+def test_ray_encoder_pass_writes_the_local_token_store(ray_local, corpus, local_store, tmp_path):
+    """``encode --engine ray``: 2 actors, batches of 4, blocks back in any order; every text's states land at
+    its offset, so the store equals the local one (mock states depend on token id and position only: bit-equal)."""
+    ids, texts = corpus
+    got = encode_texts(texts, model=MockEncoder(), ids=ids, out=tmp_path / "ray", cache=False, batch_size=4,
+                       ray=RayOptions(actors=2, cpus_per_actor=0.5))
+    assert got.report is not None and got.report.forward_passes >= 1  # blocks received (Ray may merge batches)
+    assert got.doc_ids == local_store.doc_ids
+    np.testing.assert_array_equal(got.offsets, local_store.offsets)
+    np.testing.assert_array_equal(np.asarray(got.token_ids), np.asarray(local_store.token_ids))
+    np.testing.assert_allclose(np.asarray(got.embeddings), np.asarray(local_store.embeddings), atol=MOCK_ATOL, rtol=0)
+    assert np.abs(np.asarray(got.embeddings)).max() > 0.1  # non-trivial states: equality is not 0 == 0
+
+
+def test_index_on_ray_equals_the_local_index(ray_local, corpus, tmp_path):
+    """``index --engine ray``: the same pooled vectors (mean and max) in the FAISS indexes."""
+    from rag_diag.corpora.io import Corpus
+    from rag_diag.retrieval.bundle import build_indexes
+
+    ids, texts = corpus
+    docs = Corpus(ids=list(ids), texts=list(texts))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAG_DIAG_CACHE", str(tmp_path / "local-cache"))
+        local = build_indexes(docs, model=MockEncoder(), strategies="mean,max")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAG_DIAG_CACHE", str(tmp_path / "ray-cache"))  # a cold cache: the pass must run on Ray
+        remote = build_indexes(docs, model=MockEncoder(), strategies="mean,max",
+                               encode_options={"ray": RayOptions(actors=1), "memory_budget": 1 << 20})
+    assert remote.tokens is not None and remote.tokens.report is not None
+    assert remote.tokens.report.forward_passes > 0
+    for name in ("mean", "max"):
+        want = local.indexes[name].reconstruct_n(0, len(ids))
+        np.testing.assert_allclose(remote.indexes[name].reconstruct_n(0, len(ids)), want, atol=MOCK_ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------- real model (slow)
@@ -346,3 +375,20 @@ def test_audit_pass_on_ray_equals_the_local_pass(ray_local, minilm, licences):
     np.testing.assert_allclose(remote.knn.collapse_mean, local.knn.collapse_mean, atol=1e-6)
     np.testing.assert_allclose(remote.knn.collapse_max, local.knn.collapse_max, atol=1e-6)
     np.testing.assert_array_equal(remote.full_lengths, local.full_lengths)
+
+
+@pytest.mark.slow
+def test_real_minilm_encoder_pass_on_ray_equals_the_local_store(ray_local, minilm, tiny_texts, licences, tmp_path):
+    ids, texts = real_sentences(tiny_texts, licences)
+    want = encode_texts(texts, model=minilm, ids=ids, cache=False, out=tmp_path / "local", batch_size=8)
+    got = encode_texts(texts, model=minilm, ids=ids, cache=False, out=tmp_path / "ray", batch_size=8,
+                       ray=RayOptions())
+    np.testing.assert_array_equal(got.offsets, want.offsets)
+    # Ray may batch the texts otherwise: float32 forward passes then differ by GEMM rounding only, estimated
+    # as in test_encode.forward_atol (6 layers · √1536 terms · eps32 · max|h|); the unit means an index holds
+    # agree to 1e-6 absolute (measured 1.6e-7 above).
+    states, reference = np.asarray(got.embeddings), np.asarray(want.embeddings)
+    atol = 6 * np.sqrt(1536) * np.finfo(np.float32).eps * float(np.abs(reference).max())
+    np.testing.assert_allclose(states, reference, atol=atol, rtol=0)
+    unit = [m / np.linalg.norm(m, axis=1, keepdims=True) for m in (got.means(), want.means())]
+    np.testing.assert_allclose(unit[0], unit[1], atol=1e-6, rtol=0)

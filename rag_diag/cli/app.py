@@ -22,6 +22,13 @@ console = Console(highlight=False)
 
 
 Force = Annotated[bool, typer.Option(help="Replace a non-empty --out folder that rag-diag did not write.")]
+PassBudget = Annotated[float, typer.Option("--memory-budget", help="GiB of the token store held in memory while "
+                                                                   "it is written and read (a quarter: the write "
+                                                                   "window).")]
+MaxStore = Annotated[float | None, typer.Option(help="Refuse, before encoding, a token store over this many GiB.")]
+PassEngine = Annotated[str, typer.Option("--engine", help="local, or ray: the forward passes run on Ray actors.")]
+RayAddress = Annotated[str | None, typer.Option(help="An existing Ray cluster (host:port or ray://…); "
+                                                     "default: a local Ray instance.")]
 
 
 def check_out(out: Path, kind: str, force: bool = False) -> None:
@@ -43,3 +50,17 @@ def gib_bytes(gib: float, option: str) -> int:
 def recorded(context: typer.Context, positional: Sequence[str] = ()) -> str:
     """The command line of this invocation with every resolved option, for manifests."""
     return command_line(context.command_path.split()[1:], context.params, positional)
+
+
+def pass_options(memory_budget: float, max_store: float | None, engine: str, ray_address: str | None) -> dict:
+    """``encode_texts`` options from ``--memory-budget``, ``--max-store``, ``--engine`` and ``--ray-address``."""
+    from rag_diag.errors import RagDiagError
+    from rag_diag.tokens.ray_pass import RayOptions
+
+    if engine not in ("local", "ray"):
+        raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise RagDiagError("--ray-address needs --engine ray")
+    return {"memory_budget": gib_bytes(memory_budget, "--memory-budget"),
+            "max_store": None if max_store is None else gib_bytes(max_store, "--max-store"),
+            "ray": RayOptions(address=ray_address) if engine == "ray" else None}

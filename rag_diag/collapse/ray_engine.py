@@ -34,27 +34,18 @@ Ray is an optional extra (``pip install 'ray[data]==2.60.0'``), imported only he
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary
 from rag_diag.collapse.socm import TextStats
-from rag_diag.errors import RagDiagError, first_line
+from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
+from rag_diag.tokens.ray_pass import RayOptions, actor_map, ray_pipeline
 
-MISSING_RAY = "the Ray engine needs the 'ray' package: pip install 'ray[data]==2.60.0'"
-CONNECT_TIMEOUT_S = 5.0
-MAX_BLOCKS = 1024  # beyond this, blocks grow instead (tiny blocks cost scheduling overhead)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
 COLUMNS = ("row", "id", "mean", "factor", "kept", "tail", "n_tokens", "trace", "concentration")
 
 
@@ -134,84 +125,6 @@ def _read_shards(path: Path) -> list[dict[str, np.ndarray]]:
             for batch in table.to_batches()]
 
 
-def _import_ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the Data library is part of the extra)
-    except ImportError:
-        raise RagDiagError(MISSING_RAY) from None
-    return ray
-
-
-def _probe(address: str) -> None:
-    """Fail fast on a plain host:port nobody listens on (``ray.init`` would retry for minutes)."""
-    if address in ("auto", "local") or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as exc:
-        raise RagDiagError(f"cannot connect to the Ray cluster at {address}: {first_line(exc)}") from None
-
-
-@contextmanager
-def _ray_session(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[None]:
-    """Use a running Ray, else connect to ``address`` / start a local instance; shut down only what we started."""
-    if ray.is_initialized():
-        yield
-        return
-    try:
-        if address:
-            _probe(address)
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    except RagDiagError:
-        raise
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError … here
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise RagDiagError(f"cannot start {where}: {first_line(exc)}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _ray_failure(exc: BaseException) -> RagDiagError:
-    """One line for a failed Ray run: the actor's own error, found in Ray's wrapped tracebacks.
-
-    Ray passes the actor-side exception to the driver as traceback text only (inside
-    ``RayTaskError`` / ``ActorDiedError``), so the first ``Type: message`` line that is not Ray's own
-    is quoted; a RagDiagError raised in an actor keeps its message as it is.
-    """
-    texts: list[str] = []
-    current: BaseException | None = exc
-    while current is not None and len(texts) < 16:
-        if isinstance(current, RagDiagError):
-            return RagDiagError(str(current))
-        texts.append(_ANSI.sub("", str(current)))
-        current = getattr(current, "cause", None) or current.__cause__
-    raised = [m for text in texts for m in _RAISED.finditer(text) if not m.group(1).startswith("ray.")]
-    for match in raised:
-        if match.group(1).endswith("RagDiagError"):
-            return RagDiagError(match.group(2))
-    if raised:
-        return RagDiagError(f"the Ray engine failed: {raised[0].group(1).rpartition('.')[2]}: {raised[0].group(2)}")
-    return RagDiagError(f"the Ray engine failed: {first_line(exc)}")
-
-
-def actor_env() -> dict[str, str]:
-    """Environment of the encoder actors: offline Hugging Face (unless RAG_DIAG_ONLINE=1) and this cache."""
-    from rag_diag.models.registry import cache_root
-
-    online = os.environ.get("RAG_DIAG_ONLINE") == "1"
-    env = {"HF_HUB_OFFLINE": "0" if online else "1", "TRANSFORMERS_OFFLINE": "0" if online else "1",
-           "RAG_DIAG_CACHE": str(cache_root())}
-    if online:
-        env["RAG_DIAG_ONLINE"] = "1"
-    return env
-
-
 def ray_summaries(
     texts: Sequence[str],
     ids: Sequence[str],
@@ -257,32 +170,18 @@ def ray_summaries(
     shard_path = Path(shard_dir) if shard_dir is not None else None
     if shard_path is not None and shard_path.exists() and (not shard_path.is_dir() or any(shard_path.iterdir())):
         raise RagDiagError(f"{shard_path}: the shard folder must be new or empty")
-    ray = _import_ray()
+    options = RayOptions(address=address, num_cpus=num_cpus, actors=actors, cpus_per_actor=cpus_per_actor,
+                         num_gpus_per_actor=num_gpus_per_actor)
     device = "cuda" if num_gpus_per_actor > 0 else "cpu"
     constructor = {"model": model, "rank": rank, "batch_size": batch_size, "max_seq_length": max_seq_length,
                    "layer": layer, "drop_special": drop_special, "device": device}
     records = [{"row": row, "id": doc_id, "text": text}
                for row, (doc_id, text) in enumerate(zip(ids, texts, strict=True))]
-    blocks = min(-(-len(records) // batch_size), MAX_BLOCKS)  # about one block per batch, for parallelism
-    with _ray_session(ray, address, num_cpus):
-        context = ray.data.DataContext.get_current()
-        progress_before, context.enable_progress_bars = context.enable_progress_bars, show_progress
-        try:
-            dataset = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-                _SummaryActor, batch_size=batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=actors) if actors else ray.data.ActorPoolStrategy(),
-                fn_constructor_kwargs=constructor, num_cpus=cpus_per_actor, num_gpus=num_gpus_per_actor,
-                runtime_env={"env_vars": actor_env()},
-            )
-            if shard_path is not None:
-                dataset.write_parquet(str(shard_path))
-                parts = _read_shards(shard_path)
-            else:
-                parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
-        except RagDiagError:
-            raise
-        except Exception as exc:  # RayTaskError, ActorDiedError, UserCodeException, …
-            raise _ray_failure(exc) from None
-        finally:
-            context.enable_progress_bars = progress_before
+    with ray_pipeline(options, show_progress) as ray:
+        dataset = actor_map(ray, records, _SummaryActor, constructor, batch_size, options)
+        if shard_path is not None:
+            dataset.write_parquet(str(shard_path))
+            parts = _read_shards(shard_path)
+        else:
+            parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     return _assemble(parts, ids, rank)

@@ -45,17 +45,22 @@ class StreamedSummaries:
     shard_docs: int
 
 
-def concat_summaries(parts: Sequence[CovarianceSummary]) -> CovarianceSummary:
-    """The summaries of consecutive shards as one (rows in shard order)."""
-    if not parts:
-        raise RagDiagError("no summaries to join")
-    stats = TextStats(*(np.concatenate([getattr(p.text_stats, f) for p in parts])
-                        for f in ("n_tokens", "trace", "concentration")))
+def _allocate(n_docs: int, rank: int, dim: int) -> CovarianceSummary:
+    """Room for the summaries of ``n_docs`` documents, filled shard by shard (never two copies at once)."""
     return CovarianceSummary(
-        means=np.concatenate([p.means for p in parts]), factors=np.concatenate([p.factors for p in parts]),
-        traces=np.concatenate([p.traces for p in parts]), tail=np.concatenate([p.tail for p in parts]),
-        text_stats=stats,
+        means=np.empty((n_docs, dim), dtype=np.float32), factors=np.zeros((n_docs, rank, dim), dtype=np.float32),
+        traces=np.empty(n_docs), tail=np.empty(n_docs),
+        text_stats=TextStats(np.empty(n_docs, dtype=np.int64), np.empty(n_docs), np.empty(n_docs)),
     )
+
+
+def _fill(target: CovarianceSummary, start: int, part: CovarianceSummary) -> None:
+    """Copy one shard's summaries into rows ``start …`` of ``target``."""
+    rows = slice(start, start + len(part.means))
+    target.means[rows], target.factors[rows] = part.means, part.factors
+    target.traces[rows], target.tail[rows] = part.traces, part.tail
+    for name in ("n_tokens", "trace", "concentration"):
+        getattr(target.text_stats, name)[rows] = getattr(part.text_stats, name)
 
 
 def stream_summaries(
@@ -65,23 +70,23 @@ def stream_summaries(
     """Encode ``texts`` shard by shard into temporary stores and keep only their rank-r summaries."""
     if shard_docs < 1:
         raise RagDiagError(f"shard size must be at least 1 document, got {shard_docs}")
-    parts: list[CovarianceSummary] = []
-    lengths: list[np.ndarray] = []
-    window = 0
+    summary = _allocate(len(texts), rank, encoder.dim)
+    lengths = np.empty(len(texts), dtype=np.int64)
+    window = n_shards = 0
     with progress_bar(f"encoding with {encoder.name} in shards of {shard_docs:,}", len(texts),
                       enabled=show_progress) as advance, tempfile.TemporaryDirectory(prefix="rag-diag-shard-") as tmp:
         for number, start in enumerate(range(0, len(texts), shard_docs)):
             stop = min(start + shard_docs, len(texts))
             store = encode_texts(list(texts[start:stop]), model=encoder, ids=list(ids[start:stop]), dtype=dtype,
                                  batch_size=batch_size, cache=False, out=Path(tmp) / f"shard-{number}")
-            parts.append(covariance_summary(store, rank))
-            lengths.append(np.asarray(store.full_lengths, dtype=np.int64))
-            window = int(store.window)
+            _fill(summary, start, covariance_summary(store, rank))
+            lengths[start:stop] = store.full_lengths
+            window, n_shards = int(store.window), number + 1
             path = store.path
             del store
             _remove(path)
             advance(stop - start)
-    return StreamedSummaries(concat_summaries(parts), np.concatenate(lengths), window, len(parts), shard_docs)
+    return StreamedSummaries(summary, lengths, window, n_shards, shard_docs)
 
 
 def build_summaries(

@@ -51,6 +51,7 @@ from rag_diag.jobs.corpus_pass import CorpusPass, Engine, evaluation_store, run_
 from rag_diag.jobs.sampled import full_view, run_sampled_pass, sample_estimates
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
+from rag_diag.progress import peak_rss_gib
 from rag_diag.retrieval.bundle import IndexBundle
 from rag_diag.retrieval.index import build_faiss
 from rag_diag.sampling import seeded_sample
@@ -66,6 +67,9 @@ AUDIT_RERANKERS = ("w2", "blend", "maxsim")
 """Re-rankers of the store's own top-k tried for every failure (the taxonomy's second-order and token-level
 evidence), next to BM25, its fusion with the store's ranking and windowed encoding."""
 TOP_HUBS = 10
+TIE_DEPTH, TIE_ATOL = 10, 1e-6
+"""--estimate rates each query's top hit and the documents tied with it: float32 cosines within TIE_ATOL (a few
+ulps of 1; exact duplicates tie exactly), among the first TIE_DEPTH."""
 
 
 @dataclass
@@ -200,7 +204,9 @@ def audit_store(
         engine = Engine("ray", engine.address, model)
     plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store,
                        summaries=engine.name == "ray")
+    rss_before_pass = peak_rss_gib()
     corpus_pass = run_pass(stored, encoder, plan, k_graph, engine, np.asarray(estimate.full_lengths))
+    corpus_pass.timings |= {"peak_rss_gib_before_pass": rss_before_pass, "peak_rss_gib_after_pass": peak_rss_gib()}
     knn = corpus_pass.knn
     hubs = hubness(knn.doc_b.reshape(n_docs, k_graph))
     cluster_ids = near_duplicate_clusters(n_docs, knn.doc_a, knn.doc_b, knn.pairs.cos)
@@ -224,7 +230,8 @@ def audit_store(
     started = time.perf_counter()
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
                                  corpus=corpus, lexical=True, windowed=corpus_pass.whole, command=command)
-    corpus_pass.timings["evaluation_seconds"] = time.perf_counter() - started
+    corpus_pass.timings |= {"evaluation_seconds": time.perf_counter() - started,
+                            "peak_rss_gib_after_evaluation": peak_rss_gib()}
     corpus_pass.timings |= {f"{name}_build_seconds": seconds
                             for name, seconds in evaluation.manifest["extra_costs"].get("build_seconds", {}).items()}
     collapse = CollapseTable.build(
@@ -258,8 +265,10 @@ def _estimated_audit(
     # rated beside the sample: what the diagnosis reads, each query's relevant documents and the store's top hit
     named = {doc_id for query_id in qrels.judgements for doc_id in qrels.relevant(query_id)}
     query_store = encode_texts(queries.texts, model=encoder, ids=queries.ids)
-    named |= {ranking.doc_ids[0] for ranking in retrieve(bundle, "mean", query_store, 1, "cpu").values()
-              if ranking.doc_ids}
+    for ranking in retrieve(bundle, "mean", query_store, TIE_DEPTH, "cpu").values():
+        # the top hit, and every document tied with it (exact duplicates): a deeper search may order them otherwise
+        named |= {doc_id for doc_id, score in zip(ranking.doc_ids, ranking.scores, strict=True)
+                  if score >= ranking.scores[0] - TIE_ATOL}
     extra = np.array([r for r, doc_id in enumerate(stored.doc_ids) if doc_id in named], dtype=np.int64)
     sampled = run_sampled_pass(stored, encoder, k_graph, rows, extra, seed)
     view, rated = full_view(sampled, n_docs, k_graph)

@@ -216,6 +216,7 @@ def build_indexes(
     index_type: str = "flat",
     device: str = "cpu",
     command: str = "",
+    encode_options: dict[str, Any] | None = None,
 ) -> IndexBundle:
     """Encode the corpus once and build one FAISS index per pooling strategy, in memory.
 
@@ -226,6 +227,8 @@ def build_indexes(
         index_type: flat | hnsw | ivfpq.
         device: cpu | cuda | auto, for the encoder and for FAISS.
         command: the command line recorded in the manifests.
+        encode_options: ``memory_budget``, ``max_store`` and ``ray`` of the encoder pass
+            (:func:`rag_diag.tokens.extract.encode_texts`); pooling then reads the store in bounded chunks.
     """
     from rag_diag.devices import resolve_faiss_device
     from rag_diag.tokens.extract import encode_corpus
@@ -235,7 +238,7 @@ def build_indexes(
     names = parse_strategies(strategies)
     resolve_faiss_device(device)
     docs = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    store = encode_corpus(docs, model=model, device=device, show_progress=True)
+    store = encode_corpus(docs, model=model, device=device, show_progress=True, **(encode_options or {}))
     common = {
         "format": BUNDLE_FORMAT, "model": store.manifest["model"],
         "corpus": str(Path(docs.source).resolve()) if docs.source else "", "corpus_sha256": docs.content_hash(),

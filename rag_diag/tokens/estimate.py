@@ -67,6 +67,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+TOKENIZE_CHUNK = 4096
+"""Texts tokenised at a time: only their token ids are held (for 10⁵ texts, all ids as Python lists would
+take ≈ 0.5 GB, which the allocator keeps after they are freed)."""
+
+
 def padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
     """Σ over batches of ``batch_size`` length-sorted texts of |batch| · its longest text."""
     ordered = sorted(lengths)
@@ -79,21 +84,27 @@ def estimate_encode(
     calibration: int = CALIBRATION_DOCS, seed: int = 0,
 ) -> EncodeEstimate:
     """Tokenise every text, time the forward passes of a seeded calibration sample, extrapolate (docstring)."""
-    tokenized = encoder.tokenize(list(texts))
-    lengths = [len(ids) for ids in tokenized.input_ids]
+    lengths: list[int] = []
+    full_lengths: list[int] = []
+    n_truncated = 0
+    for start in range(0, len(texts), TOKENIZE_CHUNK):  # the token ids of one chunk at a time
+        part = encoder.tokenize(list(texts[start : start + TOKENIZE_CHUNK]))
+        lengths += [len(ids) for ids in part.input_ids]
+        full_lengths += [int(n) for n in part.full_lengths]
+        n_truncated += int(part.n_truncated)
     n_tokens = sum(lengths)
     sample = sorted(seeded_sample(len(texts), calibration, seed), key=lambda row: lengths[row])
-    batches = [[tokenized.input_ids[row] for row in sample[start : start + batch_size]]
-               for start in range(0, len(sample), batch_size)]
+    sample_ids = encoder.tokenize([texts[row] for row in sample]).input_ids
+    batches = [sample_ids[start : start + batch_size] for start in range(0, len(sample), batch_size)]
     started = time.perf_counter()
     for batch in batches:
         encoder.hidden_states(batch, [encoder.num_layers])
     elapsed = time.perf_counter() - started
     scale = padded_tokens(lengths, batch_size) / max(padded_tokens([lengths[row] for row in sample], batch_size), 1)
     return EncodeEstimate(
-        model=encoder.name, n_documents=len(texts), n_tokens=n_tokens, n_truncated=int(tokenized.n_truncated),
+        model=encoder.name, n_documents=len(texts), n_tokens=n_tokens, n_truncated=n_truncated,
         forward_passes=math.ceil(len(texts) / batch_size),
         store_bytes=n_tokens * encoder.dim * BYTES_PER_VALUE[dtype],
         calibration_documents=len(sample), calibration_seconds=elapsed, seconds=elapsed * scale,
-        full_lengths=tuple(int(n) for n in tokenized.full_lengths),
+        full_lengths=tuple(full_lengths),
     )

@@ -8,7 +8,7 @@ statistic is computed from this store; nothing re-encodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import progress_bar
 from rag_diag.tokens.cache import cache_key, entry_path, open_cached, publish
+from rag_diag.tokens.ray_pass import RayOptions, ray_hidden_batches
 from rag_diag.tokens.store import EncodeReport, TokenStore, write_manifest
 
 DTYPES = ("float32", "float16")
@@ -60,9 +61,12 @@ def _validate_texts(ids: Sequence[str], texts: Sequence[str]) -> None:
             raise RagDiagError(f"text '{doc_id}' is empty: remove it or give it content")
 
 
-RELEASE_EVERY = 32
-"""Forward passes between two flushes of the token matrix being written, each followed by dropping its
-resident pages, so writing a store of any size holds about 32 batches of it in memory."""
+RELEASE_BYTES = 256 << 20
+"""Bytes of the token matrix written between two flushes, each followed by dropping its resident pages, so
+writing a store of any size holds at most this much of it in memory (``memory_budget / 4`` when given)."""
+
+HiddenBatches = Iterator[tuple[np.ndarray, list[np.ndarray]]]
+"""Per forward pass: the row indices of its texts and each text's hidden states (layers, n_i, d)."""
 
 
 def _release(embeddings: np.memmap) -> None:
@@ -75,6 +79,28 @@ def _release(embeddings: np.memmap) -> None:
         mapped.madvise(mmap.MADV_DONTNEED)
 
 
+def _local_batches(encoder: Encoder, input_ids: list[list[int]], order: np.ndarray, layers: list[int],
+                   batch_size: int) -> HiddenBatches:
+    """The encoder's forward passes in this process, ``batch_size`` texts of ``order`` at a time."""
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        rows = encoder.hidden_states([input_ids[i] for i in batch], layers)
+        yield batch, [rows[:, position, : len(input_ids[i])] for position, i in enumerate(batch)]
+
+
+def store_bytes(n_tokens: int, n_layers: int, dim: int, dtype: str) -> int:
+    """Size of a token store's embedding matrix: layers · tokens · d · (4 or 2) bytes."""
+    return n_layers * n_tokens * dim * (2 if dtype == "float16" else 4)
+
+
+def _human(n_bytes: int) -> str:
+    """A byte count in the largest binary unit that keeps it at least 1."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n_bytes >= 1 << shift:
+            return f"{n_bytes / (1 << shift):.2f} {unit}"
+    return f"{n_bytes} B"
+
+
 def _write_store(
     folder: Path,
     encoder: Encoder,
@@ -84,28 +110,53 @@ def _write_store(
     dtype: str,
     batch_size: int,
     progress: Callable[[int], None],
+    *,
+    max_store: int | None = None,
+    release_bytes: int = RELEASE_BYTES,
+    ray: RayOptions | None = None,
+    model: str | Encoder | None = None,
 ) -> dict[str, int]:
-    """Encode ``texts`` into ``folder`` (store files, no manifest); returns token and pass counts."""
+    """Encode ``texts`` into ``folder`` (store files, no manifest); returns token and pass counts (with Ray, the
+    number of blocks it returned: it may merge batches).
+
+    The forward passes run here, or on Ray actors (``ray``, loading ``model``); either way each text's
+    states are written at its offset, and a store over ``max_store`` bytes is refused before any pass.
+    """
     tokenized = encoder.tokenize(texts)
     lengths = np.array([len(row) for row in tokenized.input_ids], dtype=np.int64)
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    size = store_bytes(int(offsets[-1]), len(layers), encoder.dim, dtype)
+    if max_store is not None and size > max_store:
+        smaller = "" if dtype == "float16" else f"; --dtype float16 would take {_human(size // 2)}"
+        raise RagDiagError(f"the token store would take {_human(size)}, over --max-store {_human(max_store)}{smaller}")
     np_dtype = np.float16 if dtype == "float16" else np.float32
     embeddings = np.lib.format.open_memmap(
         folder / "embeddings.npy", mode="w+", dtype=np_dtype, shape=(len(layers), int(offsets[-1]), encoder.dim)
     )
     order = np.argsort(-lengths, kind="stable")
-    passes = 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        rows = encoder.hidden_states([tokenized.input_ids[i] for i in batch], layers)
+    if ray is None:
+        batches = _local_batches(encoder, tokenized.input_ids, order, layers, batch_size)
+    else:
+        batches = ray_hidden_batches(texts, order, model=model or encoder, layers=layers, dim=encoder.dim,
+                                     batch_size=batch_size, max_seq_length=encoder.max_seq_length, options=ray)
+    written = np.zeros(len(texts), dtype=bool)
+    passes = unreleased = 0
+    for batch, states in batches:
         passes += 1
-        for position, index in enumerate(batch):
+        for index, rows in zip(batch, states, strict=True):
             n = int(lengths[index])
-            embeddings[:, offsets[index] : offsets[index] + n] = rows[:, position, :n]
+            if written[index] or rows.shape[1] != n:
+                raise RagDiagError(f"text {ids[index]!r}: the encoder pass returned it twice or with another length")
+            embeddings[:, offsets[index] : offsets[index] + n] = rows
+            written[index] = True
+            unreleased += rows.size * embeddings.itemsize
         progress(len(batch))
-        if passes % RELEASE_EVERY == 0:
+        if unreleased >= release_bytes:
             _release(embeddings)
+            unreleased = 0
+    if not written.all():
+        raise RagDiagError(f"the encoder pass lost {int((~written).sum())} of {len(texts)} texts")
     embeddings.flush()
     del embeddings
     np.save(folder / "offsets.npy", offsets)
@@ -129,6 +180,9 @@ def encode_texts(
     out: str | Path | None = None,
     cache: bool = True,
     show_progress: bool = False,
+    max_store: int | None = None,
+    memory_budget: int | None = None,
+    ray: RayOptions | None = None,
 ) -> TokenStore:
     """Encode texts once and return their token store (from the cache when the inputs are unchanged).
 
@@ -140,6 +194,10 @@ def encode_texts(
         dtype: "float32" or "float16" storage.
         out: also publish a verified copy of the store at this folder.
         cache: look up / fill the cache under ``cache_root()/tokens``; False encodes into ``out`` only.
+        max_store: refuse (before any forward pass) a store larger than this many bytes.
+        memory_budget: bytes of the store being written held in memory at most (a quarter of it is the write
+            window; the rest is left to the encoder and the token ids).
+        ray: run the forward passes on Ray Data actors (:mod:`rag_diag.tokens.ray_pass`); the store is the same.
 
     Returns:
         The store; ``store.report`` says whether it came from the cache, how many texts were cut to
@@ -168,7 +226,10 @@ def encode_texts(
     if store is None:
         with atomic.atomic_dir(target, kind="token-store") as tmp:
             with progress_bar(f"encoding with {encoder.name}", len(texts), enabled=show_progress) as advance:
-                counts = _write_store(tmp, encoder, ids, texts, resolved_layers, dtype, batch_size, advance)
+                counts = _write_store(
+                    tmp, encoder, ids, texts, resolved_layers, dtype, batch_size, advance, max_store=max_store,
+                    release_bytes=RELEASE_BYTES if memory_budget is None else max(memory_budget // 4, 1), ray=ray,
+                    model=model)
             write_manifest(tmp, {
                 "key": key, "model": encoder.identity, "max_seq_length": encoder.max_seq_length,
                 "layers": resolved_layers, "num_layers": encoder.num_layers, "dtype": dtype, "dim": encoder.dim,

@@ -131,8 +131,13 @@ def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> 
     except SystemExit as failed:  # keep the rows measured so far
         print(f"\naudit --estimate --sample {SAMPLE}: {failed}")
         return
-    estimates = json.loads((out / "audit.json").read_text())["estimates"]
-    print(f"\naudit --estimate --sample {SAMPLE}: {seconds:.0f} s, peak RSS {rss / 2**30:.2f} GiB")
+    summary = json.loads((out / "audit.json").read_text())
+    estimates, timings = summary["estimates"], summary["timings"]
+    print(f"\naudit --estimate --sample {SAMPLE}: {seconds:.0f} s, peak RSS {rss / 2**30:.2f} GiB (before the pass "
+          f"{timings['peak_rss_gib_before_pass']:.2f}, after it {timings['peak_rss_gib_after_pass']:.2f}, after the "
+          f"evaluation {timings['peak_rss_gib_after_evaluation']:.2f}); documents encoded: "
+          f"{timings['documents_encoded_for_collapse']:,} for collapse, {timings['evaluation_documents_encoded']:,} "
+          f"for the evaluation")
     print("| figure | estimate | 95 % interval | full run | covered | method |")
     print("|---|---:|---|---:|---|---|")
     for name, value in full_values(full).items():

@@ -270,7 +270,9 @@ def _estimated_audit(
         named |= {doc_id for doc_id, score in zip(ranking.doc_ids, ranking.scores, strict=True)
                   if score >= ranking.scores[0] - TIE_ATOL}
     extra = np.array([r for r, doc_id in enumerate(stored.doc_ids) if doc_id in named], dtype=np.int64)
+    rss_before_pass = peak_rss_gib()
     sampled = run_sampled_pass(stored, encoder, k_graph, rows, extra, seed)
+    rss_after_pass = peak_rss_gib()
     view, rated = full_view(sampled, n_docs, k_graph)
     hubs = hubness(sampled.neighbours)
     cluster_ids = near_duplicate_clusters(n_docs, view.doc_a, view.doc_b, view.pairs.cos)
@@ -283,11 +285,13 @@ def _estimated_audit(
     estimates = sample_estimates(
         sampled, rows, n_docs, hub_skew=hubs.skewness, duplicate_share=float(np.mean(cluster_ids >= 0)),
         truncated_share=estimate.n_truncated / n_docs, per_query_recall=np.asarray(recall.pop("per_query")))
-    timings: dict[str, Any] = {"documents_encoded_for_collapse": len(sampled.tokens)}
+    timings: dict[str, Any] = {"documents_encoded_for_collapse": len(sampled.tokens),
+                               "peak_rss_gib_before_pass": rss_before_pass, "peak_rss_gib_after_pass": rss_after_pass}
     token_store = evaluation_store(None, bundle, stored, queries, qrels, encoder, timings)
     bundle.tokens = token_store
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
                                  corpus=corpus, lexical=True, windowed=False, command=command)
+    timings["peak_rss_gib_after_evaluation"] = peak_rss_gib()
     knn = sampled.knn
     collapse = CollapseTable.build(
         sampled.tokens, docs_frame(stored.doc_ids, sampled.rated, knn.text_stats, knn),

@@ -430,3 +430,16 @@ def test_estimate_mode_rates_every_document_tied_with_a_top_hit(kb, mock_encoder
     rated = set(small.documents.filter(pl.col("collapse_mean").is_not_null())["doc_id"].to_list())
     assert {kb.ids[3], "twin-a", "twin-b", kb.ids[0]} <= rated
     assert small.summary["diagnosis"]["n_failures"] == 1
+
+
+def test_neighbour_cosines_in_chunks_equal_the_float64_dot_products():
+    from rag_diag.jobs.sampled import neighbour_cosines
+
+    rng = np.random.default_rng(3)
+    unit = rng.normal(size=(11, 5))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    neighbours = rng.integers(0, 11, size=(11, 3))
+    expected = [unit[i] @ unit[j] for i in range(11) for j in neighbours[i]]
+    # two 5-term float64 sums of products of unit-norm entries, each within 5·eps of the exact value
+    np.testing.assert_allclose(neighbour_cosines(unit, neighbours, chunk=4), expected, rtol=0,
+                               atol=2 * 5 * np.finfo(np.float64).eps)

@@ -381,8 +381,8 @@ def test_audit_pass_on_ray_equals_the_local_pass(ray_local, minilm, licences):
 def test_real_minilm_encoder_pass_on_ray_equals_the_local_store(ray_local, minilm, tiny_texts, licences, tmp_path):
     ids, texts = real_sentences(tiny_texts, licences)
     want = encode_texts(texts, model=minilm, ids=ids, cache=False, out=tmp_path / "local", batch_size=8)
-    got = encode_texts(texts, model=minilm, ids=ids, cache=False, out=tmp_path / "ray", batch_size=8,
-                       ray=RayOptions())
+    got = encode_texts(texts, model="minilm", ids=ids, cache=False, out=tmp_path / "ray", batch_size=8,
+                       ray=RayOptions())  # by registry name: each actor loads it (a loaded model is not sent)
     np.testing.assert_array_equal(got.offsets, want.offsets)
     # Ray may batch the texts otherwise: float32 forward passes then differ by GEMM rounding only, estimated
     # as in test_encode.forward_atol (6 layers · √1536 terms · eps32 · max|h|); the unit means an index holds

@@ -200,6 +200,14 @@ def ray_hidden_batches(
 
     ``order`` is the order the texts are fed in (longest first keeps padding low); every row is yielded once.
     """
+    if not isinstance(model, str):
+        import pickle
+
+        try:
+            pickle.dumps(model)
+        except Exception:  # a loaded transformer holds unpicklable state
+            raise RagDiagError("the Ray engine loads the model in each actor: give a registry name or a model "
+                               "folder, not a loaded model") from None
     device = "cuda" if options.num_gpus_per_actor > 0 else "cpu"
     records = [{"row": int(row), "text": texts[row]} for row in order]
     constructor = {"model": model, "layers": layers, "max_seq_length": max_seq_length, "device": device}

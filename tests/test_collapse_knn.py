@@ -218,3 +218,50 @@ def test_a_mutual_pair_is_computed_once_at_its_first_row():
     # rows: 0→1, 0→2, 1→0 (mutual with row 0), 1→2, 2→1 (mutual with row 3), 2→0 (mutual with row 1)
     doc_a, doc_b = np.array([0, 0, 1, 1, 2, 2]), np.array([1, 2, 0, 2, 1, 0])
     np.testing.assert_array_equal(_first_of_pair(doc_a, doc_b, 3), [0, 1, 0, 3, 3, 1])
+
+
+def test_exact_search_is_index_flat_ip_without_its_copy():
+    """``ExactSearch`` runs the kernel ``IndexFlatIP.search`` runs: the same ids and scores, bit for bit."""
+    import faiss
+
+    from rag_diag.collapse.knn import ExactSearch
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 24)).astype(np.float32)
+    flat = faiss.IndexFlatIP(24)
+    flat.add(vectors)
+    want_scores, want_ids = flat.search(vectors[:40], 7)
+    scores, ids = ExactSearch(vectors).search(vectors[:40], 7)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_unit_means_are_used_as_they_are_and_others_normalised_on_a_copy():
+    from rag_diag.collapse.knn import _unit
+
+    rng = np.random.default_rng(4)
+    raw = rng.standard_normal((50, 8)).astype(np.float32)
+    before = raw.copy()
+    unit = _unit(raw)
+    assert unit is not raw
+    np.testing.assert_array_equal(raw, before)  # the caller's array is never written
+    # normalize_L2 in float32: each norm is 1 within a few ulps of a d-term sum
+    np.testing.assert_allclose(np.linalg.norm(unit.astype(np.float64), axis=1), 1.0, rtol=0, atol=(8 + 4) * EPS32)
+    assert _unit(unit) is unit
+
+
+def test_covariance_summary_does_not_depend_on_its_chunking(mock_store):
+    """One document per chunk (pages released after each) or all at once: the same means and statistics; the
+    kept eigenvalue mass differs only by the two eigh solves' rounding, ≤ r·w·eps·tr each (backward stable on
+    a w×w Gram matrix of norm ≤ tr, padding adding exact zeros)."""
+    rank = 2
+    whole = covariance_summary(mock_store, rank, chunk_bytes=2**40)
+    single = covariance_summary(mock_store, rank, chunk_bytes=1)
+    np.testing.assert_array_equal(single.means, whole.means)
+    for name in ("n_tokens", "trace", "concentration"):
+        np.testing.assert_array_equal(getattr(single.text_stats, name), getattr(whole.text_stats, name))
+    width = int(mock_store.lengths.max())
+    tr = whole.traces + whole.tail
+    atol = 2 * rank * width * EPS64 * tr
+    assert np.all(np.abs(single.traces - whole.traces) <= atol)
+    assert np.all(np.abs(single.tail - whole.tail) <= atol)

@@ -101,12 +101,35 @@ class CovarianceSummary:
         )
 
 
+UNIT_ATOL = 1e-6
+"""Means whose norms are all within this of 1 (float32 rounding of a normalised vector) are used as they are."""
+
+
 def _unit(means: np.ndarray) -> np.ndarray:
+    """Float32 unit vectors of ``means``: the array itself when it already is one (read, never written: the
+    summaries' means are unit), else a normalised copy."""
     import faiss
 
+    if means.dtype == np.float32 and means.flags.c_contiguous and (
+            np.abs(np.linalg.norm(means, axis=1) - 1.0) <= UNIT_ATOL).all():
+        return means
     vectors = np.ascontiguousarray(means, dtype=np.float32).copy()
     faiss.normalize_L2(vectors)
     return vectors
+
+
+@dataclass(frozen=True)
+class ExactSearch:
+    """Exact inner-product search over ``vectors`` (``faiss.knn``, what ``IndexFlatIP`` runs) without the copy
+    an index would hold."""
+
+    vectors: np.ndarray
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), self.vectors, k,
+                         faiss.METRIC_INNER_PRODUCT)
 
 
 def _search_without_self(index: Any, vectors: np.ndarray, rows: np.ndarray, k: int, chunk: int) -> np.ndarray:
@@ -143,17 +166,15 @@ def neighbour_graph(
     if not 1 <= k < len(means):
         raise RagDiagError(f"--knn must be between 1 and {len(means) - 1} (the corpus has {len(means)} texts)")
     vectors = _unit(means)
-    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat = ExactSearch(vectors)
     rows = np.arange(len(vectors))
     if len(vectors) <= exact_limit:
-        flat.add(vectors)
         return NeighbourGraph(_search_without_self(flat, vectors, rows, k, chunk), "IndexFlatIP", 1.0, 0)
     hnsw = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     hnsw.add(vectors)
     hnsw.hnsw.efSearch = max(HNSW_EF_SEARCH, k + 1)
     neighbours = _search_without_self(hnsw, vectors, rows, k, chunk)
-    flat.add(vectors)
     short = np.flatnonzero((neighbours < 0).any(axis=1))  # HNSW returned fewer than k: those rows exactly
     if len(short):
         neighbours[short] = _search_without_self(flat, vectors, short, k, chunk)
@@ -174,7 +195,7 @@ def covariance_summary(
     layer: int | None = None,
     drop_special: bool = False,
     chunk_docs: int = 1024,
-    chunk_bytes: int = 256 * 2**20,
+    chunk_bytes: int = 64 * 2**20,
     show_progress: bool = False,
 ) -> CovarianceSummary:
     """Rank-r summary of every document (top-r right singular directions of A, scaled), streamed.
@@ -207,6 +228,7 @@ def covariance_summary(
             tails[indices] = np.maximum(bank.traces - traces[indices], 0.0)
             means[indices] = bank.means.numpy()
             stats_parts.append(stats)
+            store.release_pages()  # the chunk's rows are in the bank: the store's pages need not stay resident
             advance(len(indices))
     text_stats = TextStats(*(np.concatenate([getattr(s, f) for s in stats_parts])
                              for f in ("n_tokens", "trace", "concentration")))

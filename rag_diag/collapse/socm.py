@@ -192,7 +192,7 @@ class Bank:
         positions = torch.arange(width, device=self.rows.device)
         valid = positions[None, :] < lengths[:, None]
         rows = self.rows[(starts[:, None] + positions[None, :]).clamp(max=len(self.rows) - 1)]
-        return rows * valid[..., None].to(rows.dtype)
+        return rows.mul_(valid[..., None].to(rows.dtype))  # the gathered copy is this call's own: masked in place
 
 
 def build_bank(
@@ -245,10 +245,18 @@ def nuclear_norms(cross: torch.Tensor) -> torch.Tensor:
     return _eigvalsh(gram).clamp(min=0.0).sqrt().sum(dim=-1)
 
 
+COSINE_CHUNK = 4096
+"""Pairs whose two unit means are gathered at once (2 · 4096 · d float64: 25 MB at d = 384)."""
+
+
 def _pair_cosines(bank: Bank, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ta = torch.as_tensor(a, device=bank.means.device)
-    tb = torch.as_tensor(b, device=bank.means.device)
-    return (bank.means[ta] * bank.means[tb]).sum(dim=-1).cpu().numpy()
+    """cos(μ_a, μ_b) of each pair, gathered ``COSINE_CHUNK`` pairs at a time (each row's sum is the same)."""
+    out = np.empty(len(a))
+    for start in range(0, len(a), COSINE_CHUNK):
+        ta = torch.as_tensor(a[start : start + COSINE_CHUNK], device=bank.means.device)
+        tb = torch.as_tensor(b[start : start + COSINE_CHUNK], device=bank.means.device)
+        out[start : start + len(ta)] = (bank.means[ta] * bank.means[tb]).sum(dim=-1).cpu().numpy()
+    return out
 
 
 def fast_pairs(

@@ -61,7 +61,7 @@ def _validate_texts(ids: Sequence[str], texts: Sequence[str]) -> None:
             raise RagDiagError(f"text '{doc_id}' is empty: remove it or give it content")
 
 
-RELEASE_BYTES = 256 << 20
+RELEASE_BYTES = 64 << 20
 """Bytes of the token matrix written between two flushes, each followed by dropping its resident pages, so
 writing a store of any size holds at most this much of it in memory (``memory_budget / 4`` when given)."""
 

@@ -443,3 +443,25 @@ def test_neighbour_cosines_in_chunks_equal_the_float64_dot_products():
     # two 5-term float64 sums of products of unit-norm entries, each within 5·eps of the exact value
     np.testing.assert_allclose(neighbour_cosines(unit, neighbours, chunk=4), expected, rtol=0,
                                atol=2 * 5 * np.finfo(np.float64).eps)
+
+
+def test_all_vectors_are_the_stored_vectors_in_float32_read_in_chunks():
+    """``all_vectors`` equals the float64 read-back cast to float32, across chunk edges; with ``unit`` each row is
+    that row normalised in float64 then rounded (so within one float32 rounding, eps32/2 relative), zero rows
+    staying zero."""
+    rng = np.random.default_rng(6)
+    vectors = rng.standard_normal((23, 6)).astype(np.float32)
+    vectors[7] = 0.0
+    flat = faiss.IndexFlatIP(6)
+    flat.add(vectors)
+    stored = _as_store(flat)
+    raw = stored.all_vectors(chunk=5)
+    assert raw.dtype == np.float32
+    np.testing.assert_array_equal(raw, vectors)
+    unit = stored.all_vectors(unit=True, chunk=5)
+    want = vectors.astype(np.float64)
+    norms = np.linalg.norm(want, axis=1, keepdims=True)
+    want = np.divide(want, norms, out=np.zeros_like(want), where=norms > 0)
+    eps32 = float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(unit, want, rtol=eps32, atol=0)
+    assert not unit[7].any()

@@ -2,10 +2,12 @@
 
 Pipeline (``--engine ray [--ray-address ADDR]``):
 
-1. ``ray.data.from_items`` over records (row, id, text). The corpus is already a list in the driver
-   (the readers produce one); ``from_items`` puts it into the object store, so remote nodes need no
-   access to the driver's files, and the row index travels with every record so the original order
-   can be restored however Ray reorders blocks.
+1. ``ray.data.from_items`` over records (row, id, text), longest text first. The corpus is already a list
+   in the driver (the readers produce one); ``from_items`` puts it into the object store, so remote nodes
+   need no access to the driver's files, and the row index travels with every record so the original
+   order can be restored however Ray reorders blocks. A Ray batch is padded to its longest text in each
+   forward pass: fed in corpus order, a batch mixing Bible verses and licence texts would mostly compute
+   padding.
 2. ``map_batches`` with an actor pool of :class:`_SummaryActor`: each actor loads the encoder once
    (``load_encoder(model)`` for a registry name, or an unpickled :class:`Encoder` object), encodes
    its batch into a token store in a private temporary folder (``cache=False``: actors never touch
@@ -175,8 +177,10 @@ def ray_summaries(
     device = "cuda" if num_gpus_per_actor > 0 else "cpu"
     constructor = {"model": model, "rank": rank, "batch_size": batch_size, "max_seq_length": max_seq_length,
                    "layer": layer, "drop_special": drop_special, "device": device}
-    records = [{"row": row, "id": doc_id, "text": text}
-               for row, (doc_id, text) in enumerate(zip(ids, texts, strict=True))]
+    # longest first (characters stand in for tokens), so each Ray batch's texts have similar lengths and its
+    # forward passes pad little; the row index restores the corpus order (:func:`_assemble`)
+    order = np.argsort(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    records = [{"row": int(row), "id": ids[row], "text": texts[row]} for row in order]
     with ray_pipeline(options, show_progress) as ray:
         dataset = actor_map(ray, records, _SummaryActor, constructor, batch_size, options)
         if shard_path is not None:

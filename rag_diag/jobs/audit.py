@@ -67,8 +67,6 @@ AUDIT_RERANKERS = ("w2", "blend", "maxsim")
 """Re-rankers of the store's own top-k tried for every failure (the taxonomy's second-order and token-level
 evidence), next to BM25, its fusion with the store's ranking and windowed encoding."""
 TOP_HUBS = 10
-VECTOR_CHUNK = 8192
-"""Stored vectors read back (float64) at once."""
 TIE_DEPTH, TIE_ATOL = 10, 1e-6
 """--estimate rates each query's top hit and the documents tied with it: float32 cosines within TIE_ATOL (a few
 ulps of 1; exact duplicates tie exactly), among the first TIE_DEPTH."""
@@ -283,7 +281,7 @@ def _estimated_audit(
                                 cluster_ids).with_columns(
         *(pl.when(pl.Series(rated)).then(pl.col(c)).otherwise(None).alias(c) for c in unrated))
     clusters = clusters_frame(documents, view, cluster_ids)
-    recall = ann_recall(stored, stored.vectors(np.arange(n_docs)), seeded_sample(n_docs, sample, seed + 1), k)
+    recall = ann_recall(stored, stored.all_vectors(), seeded_sample(n_docs, sample, seed + 1), k)
     estimates = sample_estimates(
         sampled, rows, n_docs, hub_skew=hubs.skewness, duplicate_share=float(np.mean(cluster_ids >= 0)),
         truncated_share=estimate.n_truncated / n_docs, per_query_recall=np.asarray(recall.pop("per_query")))
@@ -320,14 +318,7 @@ def _true_vectors(stored: StoredIndex, corpus_pass: CorpusPass, check: ModelChec
     normalised = check.normalised or stored.distance == "cosine"
     if corpus_pass.tokens is not None:
         return exact_vectors(corpus_pass.tokens, normalised, pooling)
-    n_docs = len(stored.doc_ids)
-    vectors = np.empty((n_docs, stored.index.d), dtype=np.float32)  # float32, read in chunks: no N·d float64 copy
-    for start in range(0, n_docs, VECTOR_CHUNK):
-        part = stored.vectors(np.arange(start, min(start + VECTOR_CHUNK, n_docs)))
-        if normalised:
-            part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
-        vectors[start : start + len(part)] = part
-    return vectors
+    return stored.all_vectors(unit=normalised)
 
 
 def store_distance(stored: StoredIndex, check: dict[str, Any]) -> Distance:

@@ -72,19 +72,16 @@ def neighbour_cosines(unit: np.ndarray, neighbours: np.ndarray, chunk: int = 819
     cos = np.empty(neighbours.shape, dtype=np.float64)
     for start in range(0, len(unit), chunk):
         rows = slice(start, start + chunk)
-        cos[rows] = np.einsum("ij,ikj->ik", unit[rows], unit[neighbours[rows]])
+        cos[rows] = np.einsum("ij,ikj->ik", unit[rows].astype(np.float64), unit[neighbours[rows]].astype(np.float64))
     return cos.reshape(-1)
 
 
 def run_sampled_pass(stored: StoredIndex, encoder: Encoder, k: int, sample: np.ndarray, extra: np.ndarray,
                      seed: int) -> SampledPass:
     """Graph from the stored vectors; token store and exact SOCM for ``sample ∪ extra`` and their neighbours."""
-    n_docs = len(stored.doc_ids)
-    vectors = stored.vectors(np.arange(n_docs))
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if np.any(norms == 0):
+    unit = stored.all_vectors(unit=True)  # float32: the graph searches float32 vectors whatever it is given
+    if not np.all(np.linalg.norm(unit, axis=1) > 0):
         raise RagDiagError(f"{stored.path}: a stored vector is zero; --estimate needs directions")
-    unit = vectors / norms
     graph = neighbour_graph(unit, k, seed=seed)
     neighbours = graph.neighbours
     cos = neighbour_cosines(unit, neighbours)

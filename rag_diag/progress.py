@@ -39,6 +39,23 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n: progress.advance(task, n)
 
 
+def release_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``); True when some were.
+
+    A pass that allocates and frees many differently sized buffers (forward-pass activations, shard banks)
+    otherwise leaves them mapped, and RSS creeps up shard after shard. Elsewhere than glibc: nothing, False.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0)) if trim is not None else False
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident set size so far, in GiB (``ru_maxrss``, KiB on Linux)."""
     import resource

@@ -30,7 +30,7 @@ from rag_diag.collapse.knn import CovarianceSummary, KnnResult, covariance_summa
 from rag_diag.collapse.socm import PairStats, TextStats
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
-from rag_diag.progress import progress_bar
+from rag_diag.progress import progress_bar, release_heap
 from rag_diag.tokens.extract import encode_texts
 
 
@@ -85,6 +85,7 @@ def stream_summaries(
             path = store.path
             del store
             _remove(path)
+            release_heap()  # the shard's freed buffers: without it RSS grew ≈ 0.8 GB over 39 shards at 100,000
             advance(stop - start)
     return StreamedSummaries(summary, lengths, window, n_shards, shard_docs)
 

@@ -85,7 +85,7 @@ def stream_summaries(
             path = store.path
             del store
             _remove(path)
-            release_heap()  # the shard's freed buffers: without it RSS grew ≈ 0.8 GB over 39 shards at 100,000
+            release_heap()  # the shard's freed buffers: without it RSS crept up shard after shard at 100,000
             advance(stop - start)
     return StreamedSummaries(summary, lengths, window, n_shards, shard_docs)
 

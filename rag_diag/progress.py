@@ -46,13 +46,8 @@ def release_heap() -> bool:
     otherwise leaves them mapped, and RSS creeps up shard after shard. Elsewhere than glibc: nothing, False.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return False
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the libc already loaded: no library search per call
     return bool(trim(0)) if trim is not None else False
 
 

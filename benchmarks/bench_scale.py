@@ -6,7 +6,8 @@ For each size N of the real mixed knowledge base (``rag-diag corpora build kb-sc
    its vectors become the store under audit, a bare FAISS store (``index.faiss`` + ``corpus.jsonl``), as a
    user who embeds with sentence-transformers and indexes with FAISS would build it;
 2. ``rag-diag audit --store STORE`` without queries (probe queries), in a fresh process with an empty token
-   cache: wall time, peak RSS (the process's ru_maxrss), and the disk it wrote (cache + output);
+   cache: wall time, peak RSS (the process's ru_maxrss), and the disk it wrote (cache + output + the summaries'
+   temporary factor file, ``memory.summary_bytes``);
 3. the ratio audit / encode, and RSS(N) / RSS(10k).
 
 4. where the audit's time went (its ``timings``: encoder pass, kNN collapse, the windowed candidate's
@@ -156,8 +157,8 @@ def main(sizes: list[int]) -> None:
 
     print(f"rag-diag audit vs sentence-transformers encode; all-MiniLM-L6-v2; {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads; store: bare FAISS IndexFlatIP of normalised ST vectors")
-    print("| documents | ST encode | audit | audit / encode | peak RSS | RSS / RSS(first) | disk (cache + out) "
-          "| mode |")
+    print("| documents | ST encode | audit | audit / encode | peak RSS | RSS / RSS(first) "
+          "| disk (cache + out + factors) | mode |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = []
     details: list[tuple[int, dict, float]] = []
@@ -172,11 +173,13 @@ def main(sizes: list[int]) -> None:
             seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out)],
                                    env)
             summary = json.loads((out / "audit.json").read_text())
-            rows.append((n_docs, encode_seconds, seconds, rss, disk(cache) + disk(out), summary["memory"]["mode"]))
+            memory = summary["memory"]
+            written = disk(cache) + disk(out) + memory["summary_bytes"]
+            mode = memory["mode"] + (f", rank {memory['rank']}" if memory["rank"] else "")
+            rows.append((n_docs, encode_seconds, seconds, rss, written, mode))
             first_rss = rows[0][3]
             print(f"| {n_docs:,} | {encode_seconds:.0f} s | {seconds:.0f} s | {seconds / encode_seconds:.2f}× | "
-                  f"{rss / 2**30:.2f} GiB | {rss / first_rss:.2f} | {(disk(cache) + disk(out)) / 2**20:,.0f} MiB | "
-                  f"{summary['memory']['mode']} |", flush=True)
+                  f"{rss / 2**30:.2f} GiB | {rss / first_rss:.2f} | {written / 2**20:,.0f} MiB | {mode} |", flush=True)
             timings = summary["timings"]
             rates = pl.read_parquet(out / "documents.parquet")["collapse_mean"].to_numpy()
             details.append((n_docs, timings, coverage(rates)))

@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.optional  # the 'ray' extra
 
+from rag_diag.collapse import ray_engine  # noqa: E402
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary, knn_collapse  # noqa: E402
 from rag_diag.collapse.ray_engine import COLUMNS, _assemble, ray_summaries  # noqa: E402
 from rag_diag.errors import RagDiagError  # noqa: E402
@@ -182,7 +183,9 @@ def test_shards_are_parquet_files_holding_every_document_once(sharded, corpus):
     assert [ids[r] for r in rows] == shard_ids  # each shard row carries its own document's id
 
 
-def test_assemble_restores_row_order_whatever_the_block_order(local_store, corpus):
+@pytest.mark.parametrize("spill_bytes", [0, 1 << 40], ids=["factors-on-disk", "factors-in-memory"])
+def test_assemble_restores_row_order_whatever_the_block_order(local_store, corpus, monkeypatch, spill_bytes):
+    monkeypatch.setattr(ray_engine, "SPILL_BYTES", spill_bytes)
     ids, _ = corpus
     want = covariance_summary(local_store, RANK)
     n = len(ids)
@@ -192,10 +195,15 @@ def test_assemble_restores_row_order_whatever_the_block_order(local_store, corpu
                "concentration": want.text_stats.concentration}
     shuffled = np.random.default_rng(0).permutation(n)
     parts = [{name: value[chunk] for name, value in columns.items()} for chunk in np.array_split(shuffled, 3)][::-1]
-    got = _assemble(parts, ids, RANK)
+    got = _assemble(iter(parts), ids, RANK)  # batches as a stream, as Ray yields them
+    assert isinstance(got.factors, np.memmap) == (spill_bytes == 0)
     np.testing.assert_array_equal(got.means, want.means)
     np.testing.assert_array_equal(got.factors, want.factors)
     np.testing.assert_array_equal(got.text_stats.concentration, want.text_stats.concentration)
+    with pytest.raises(RagDiagError, match="row index outside"):
+        _assemble([dict(columns, row=columns["row"] + 1)], ids, RANK)
+    with pytest.raises(RagDiagError, match="no rows"):
+        _assemble(iter([]), ids, RANK)
     with pytest.raises(RagDiagError, match="29 rows for 30 texts"):
         _assemble([{name: value[1:] for name, value in columns.items()}], ids, RANK)
     swapped = dict(columns, id=np.array(ids[::-1], dtype=object))

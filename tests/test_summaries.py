@@ -10,7 +10,7 @@ import pytest
 from test_collapse import gram_atol
 
 from rag_diag.collapse.knn import covariance_summary, knn_collapse
-from rag_diag.collapse.summaries import socm_error_bound, stream_summaries
+from rag_diag.collapse.summaries import MAX_RANK, plan_memory, socm_error_bound, stream_summaries
 from rag_diag.tokens.extract import encode_texts
 
 RANK = 2
@@ -100,3 +100,25 @@ def test_release_heap_returns_the_pages_of_freed_buffers():
     freed = before - _rss_bytes()
     assert freed >= 0.5 * 1800 * size, f"only {freed / 2**20:.0f} MiB given back"
     assert len(kept) == 200
+
+
+def test_plan_keeps_max_rank_on_disk_unless_max_store_caps_it():
+    """Summaries take MAX_RANK whatever the memory budget (their factors are on disk); --max-store caps their
+    disk, r = ⌊max_store / (N·d·4)⌋ (at least 1); a store that fits half the budget stays a token store."""
+    n_docs, dim, tokens = 100_000, 384, 6_700_000
+    store = tokens * dim * 4
+    big = plan_memory(n_docs, tokens, store, dim, budget_bytes=2 * 2**30)
+    assert big.mode == "summaries" and big.rank == MAX_RANK
+    assert big.summary_bytes == n_docs * MAX_RANK * dim * 4
+    assert plan_memory(n_docs, tokens, store, dim, budget_bytes=2**20).rank == MAX_RANK  # RAM does not cap r
+    capped = plan_memory(n_docs, tokens, store, dim, max_store_bytes=5 * n_docs * dim * 4 + 1)
+    assert capped.rank == 5 and capped.summary_bytes == 5 * n_docs * dim * 4
+    assert plan_memory(n_docs, tokens, store, dim, max_store_bytes=1).rank == 1
+    small = plan_memory(1000, 67_000, 67_000 * dim * 4, dim)
+    assert small.mode == "token-store" and small.rank is None and small.summary_bytes == 0
+
+
+def test_streamed_factors_live_on_disk(mock_encoder, tiny_texts):
+    texts = _texts(tiny_texts)
+    streamed = stream_summaries(texts, [f"d{n}" for n in range(len(texts))], mock_encoder, RANK, shard_docs=7)
+    assert isinstance(streamed.summary.factors, np.memmap)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rag_diag.collapse.socm import Bank, PairStats, TextStats, fast_pairs, load_bank
+from rag_diag.collapse.spill import SPILL_BYTES, release, spilled
 from rag_diag.devices import resolve_device
 from rag_diag.errors import RagDiagError
 from rag_diag.progress import progress_bar
@@ -99,6 +100,10 @@ class CovarianceSummary:
             means=torch.as_tensor(self.means[indices], dtype=torch.float64, device=device),
             traces=self.traces[indices],
         )
+
+    def release_pages(self) -> None:
+        """Drop the resident pages of disk-backed factors (:mod:`rag_diag.collapse.spill`): a bank holds copies."""
+        release(self.factors)
 
 
 UNIT_ATOL = 1e-6
@@ -200,7 +205,8 @@ def covariance_summary(
 ) -> CovarianceSummary:
     """Rank-r summary of every document (top-r right singular directions of A, scaled), streamed.
 
-    Memory: N·r·d float32 for the factors plus N·d for the means, plus one chunk: a chunk of c documents
+    Memory: N·d float32 for the means, N·r·d for the factors (on disk over ``SPILL_BYTES``, their pages dropped
+    after each chunk), plus one chunk: a chunk of c documents
     padded to the longest, w tokens, holds c·w·(d + 2w) float64 values (the tokens, their Gram matrix and
     its eigenvectors), so c = min(chunk_docs, ⌊chunk_bytes / (8·w·(d + 2w))⌋) with w the store's longest text.
     """
@@ -208,7 +214,8 @@ def covariance_summary(
         raise RagDiagError(f"--rank must be at least 1, got {rank}")
     n_docs, dim = len(store), store.dim
     means = np.empty((n_docs, dim), dtype=np.float32)
-    factors = np.zeros((n_docs, rank, dim), dtype=np.float32)
+    factors = spilled((n_docs, rank, dim)) if n_docs * rank * dim * 4 > SPILL_BYTES else (
+        np.zeros((n_docs, rank, dim), dtype=np.float32))
     traces, tails = np.empty(n_docs), np.empty(n_docs)
     stats_parts: list[TextStats] = []
     longest = int(store.lengths.max()) if n_docs else 1
@@ -229,6 +236,7 @@ def covariance_summary(
             means[indices] = bank.means.numpy()
             stats_parts.append(stats)
             store.release_pages()  # the chunk's rows are in the bank: the store's pages need not stay resident
+            release(factors)
             advance(len(indices))
     text_stats = TextStats(*(np.concatenate([getattr(s, f) for s in stats_parts])
                              for f in ("n_tokens", "trace", "concentration")))
@@ -328,6 +336,8 @@ def knn_collapse(
             parts.append(fast_pairs(bank, local_a, inverse[len(queries) :]))
             if store is not None:
                 store.release_pages()  # the chunk's rows are in the bank: RSS stays at one chunk
+            if summary is not None:
+                summary.release_pages()
             advance(len(queries))
     pairs = PairStats.concat(parts).take(np.cumsum(computed)[source] - 1)
     text_stats = summary.text_stats if summary is not None else TextStats(

@@ -1,0 +1,40 @@
+"""Disk-backed arrays: what a corpus's summaries need when they outgrow the memory budget.
+
+:func:`spilled` maps a new temporary file and unlinks it at once: the array takes disk only while it lives,
+and nothing is left behind whatever ends the process. Pages it touches count in the process's RSS until
+:func:`release` drops them (``MADV_DONTNEED`` on a shared file mapping: the data stays in the file and is read
+back when next touched), so a pass that writes or reads it chunk by chunk holds one chunk, whatever its size.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+
+import numpy as np
+
+SPILL_BYTES = 64 * 2**20
+"""Arrays of factors larger than this go to disk (a shard's or a small corpus's stay in memory)."""
+
+
+def spilled(shape: tuple[int, ...], dtype: type = np.float32, folder: str | None = None) -> np.ndarray:
+    """A zero-filled array of ``shape`` on a temporary file in ``folder`` (the system's temporary folder by
+    default), already unlinked."""
+    handle, path = tempfile.mkstemp(prefix="rag-diag-spill-", suffix=".bin", dir=folder)
+    os.close(handle)
+    try:
+        if int(np.prod(shape)) == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="w+", shape=shape)  # a sparse file: it reads as zeros
+    finally:
+        os.unlink(path)
+
+
+def release(array: np.ndarray) -> None:
+    """Drop the resident pages of a :func:`spilled` array (no-op for an array in memory)."""
+    mapped = getattr(array, "_mmap", None)
+    if mapped is None and isinstance(getattr(array, "base", None), mmap.mmap):
+        mapped = array.base
+    if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED)

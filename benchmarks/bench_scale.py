@@ -149,7 +149,8 @@ def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> 
     bound = full["collapse"].get("error_bound")
     if bound:
         print(f"(the full run's collapse rates come from rank-{bound['rank']} summaries: mean SOCM error bound "
-              f"{bound['mean_socm_error_bound']:.3g}, the estimate's from exact SOCM)")
+              f"{bound['mean_socm_error_bound']:.3g}, the exact mean rate bounded to "
+              f"{bound.get('mean_collapse_rate_interval')}; the estimate's from exact SOCM)")
 
 
 def main(sizes: list[int]) -> None:

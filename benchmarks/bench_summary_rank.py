@@ -5,9 +5,10 @@ with all-MiniLM-L6-v2 into a token store:
 
 1. exact kNN collapse (k neighbours per document, the Gram route on every token matrix), timed;
 2. for each rank r: the rank-r summaries (:func:`rag_diag.collapse.knn.covariance_summary`) and kNN collapse on
-   them, timed; the mean collapse rate against the exact one, the per-document |error| (mean, 95th percentile,
-   max), the mean per-pair error bound, the pairs whose error exceeds their bound widened by the float32 rounding
-   of the stored factors and means (:func:`checked_bound`; must be 0), and the disk
+   them, timed; the mean collapse rate against the exact one and the interval the summaries bound it to, the
+   per-document |error| (mean, 95th percentile, max), the mean per-pair error bound, the pairs whose exact SOCM
+   lies outside their two-sided bounds widened by the float32 rounding of the stored factors and means
+   (:func:`outside_sides`; must be 0), and the disk
    the factors take at N and at 100,000 documents.
 
 This is what sets ``MAX_RANK`` in :mod:`rag_diag.collapse.summaries`.
@@ -29,26 +30,41 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_collapse import gram_atol  # noqa: E402  (the tests' rounding bound of one Gram-route evaluation)
+
 from rag_diag.collapse.knn import covariance_summary, knn_collapse  # noqa: E402
-from rag_diag.collapse.summaries import socm_error_bound  # noqa: E402
+from rag_diag.collapse.summaries import bound_summary  # noqa: E402
 from rag_diag.corpora.io import load_corpus  # noqa: E402
 from rag_diag.models.loading import load_encoder  # noqa: E402
 from rag_diag.tokens.extract import encode_texts  # noqa: E402
 
 ROUNDING = 2.0**-24
 """Unit roundoff of float32: the summaries store F and μ in float32, so each text's factor moves by at most
-ROUNDING·‖F‖_F = ROUNDING·√tr Σ_r, and BW(FᵀF, F̃ᵀF̃) ≤ ‖F − F̃‖_F adds that to the pair's e."""
+ROUNDING·‖F‖_F = ROUNDING·√tr Σ_r, and BW(FᵀF, F̃ᵀF̃) ≤ ‖F − F̃‖_F adds that to the pair's distances."""
 
 
-def checked_bound(found, exact, summary) -> np.ndarray:
-    """The module bound with e widened by the float32 rounding of both factors, plus the change of d_μ between
-    the float32 summary means and the exact float64 ones (SOCM moves by at most |Δd_μ|·d_Σ ≤ |Δd_μ|·BW²/4)."""
+def outside_sides(found, exact, summary, lengths: np.ndarray, dim: int) -> tuple[int, int]:
+    """Pairs whose exact SOCM lies outside [SOCM_r − below, SOCM_r + above] (:func:`socm_error_sides`), each side
+    widened for the float32 summaries (e grows by the factors' rounding, and d_μ moves from the float32 means to
+    the exact float64 ones: SOCM moves by at most |Δd_μ|·(BW_r + e)²/4) and for the rounding of the two Gram-route
+    evaluations (``gram_atol`` of the tests, at the pair's longer text and at width r)."""
     tail_a, tail_b = summary.tail[found.doc_a], summary.tail[found.doc_b]
-    widened = (np.sqrt(tail_a) + np.sqrt(tail_b) + ROUNDING * (np.sqrt(summary.traces[found.doc_a])
-                                                              + np.sqrt(summary.traces[found.doc_b])))
+    rounding = ROUNDING * (np.sqrt(summary.traces[found.doc_a]) + np.sqrt(summary.traces[found.doc_b]))
+    e = np.sqrt(tail_a) + np.sqrt(tail_b) + rounding
     bw_r = 2.0 * np.sqrt(found.pairs.d_sigma)
-    shift = np.abs(found.pairs.d_mu - exact.pairs.d_mu) * (bw_r + widened) ** 2 / 4.0
-    return (1.0 - found.pairs.d_mu) * widened * (2.0 * bw_r + widened) / 4.0 + shift
+    keep = 1.0 - found.pairs.d_mu
+    rank = summary.factors.shape[1]
+    trace_a, trace_b = found.text_stats.concentration[found.doc_a], found.text_stats.concentration[found.doc_b]
+    width = np.maximum(lengths[found.doc_a], lengths[found.doc_b])
+    shift = np.abs(found.pairs.d_mu - exact.pairs.d_mu) * (bw_r + e) ** 2 / 4.0 + np.array(
+        [gram_atol(int(w), dim, ta, tb) + gram_atol(rank, dim, ta, tb)
+         for w, ta, tb in zip(width, trace_a, trace_b, strict=True)])
+    below = keep * (bw_r**2 - np.maximum(bw_r - e, 0.0) ** 2) / 4.0 + shift
+    above = keep * (tail_a + tail_b + rounding * (2.0 * bw_r + rounding)) / 4.0 + shift
+    difference = exact.pairs.socm - found.pairs.socm
+    same = found.doc_b == exact.doc_b  # pairs of the same neighbour (ties may order them otherwise)
+    return int(np.count_nonzero(same & ((difference > above) | (-difference > below)))), int(same.sum())
 
 
 def main() -> None:
@@ -71,9 +87,10 @@ def main() -> None:
               f"({store.lengths.mean():.1f} per text, longest {int(store.lengths.max())}); all-MiniLM-L6-v2; "
               f"k = {args.k}; 2 torch threads")
         print(f"exact kNN collapse: {exact_seconds:.1f} s, mean collapse rate {exact.collapse_mean.mean():.4f}")
-        print("| rank | summaries | kNN on them | mean collapse rate | per-document |error| mean / p95 / max "
-              "| mean pair bound | pairs over their bound | factors at N | at 100,000 |")
-        print("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+        print("| rank | summaries | kNN on them | mean collapse rate | its bounds (exact inside?) "
+              "| per-document |error| mean / p95 / max | mean pair bound | pairs outside their bounds "
+              "| factors at N | at 100,000 |")
+        print("|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
         for rank in args.ranks:
             started = time.perf_counter()
             summary = covariance_summary(store, rank)
@@ -82,14 +99,15 @@ def main() -> None:
             found = knn_collapse(None, args.k, summary=summary)
             knn_seconds = time.perf_counter() - started
             error = np.abs(found.collapse_mean - exact.collapse_mean)
-            same = found.doc_b == exact.doc_b  # pairs of the same neighbour (ties may order them otherwise)
-            bound = socm_error_bound(found.pairs, summary.tail[found.doc_a], summary.tail[found.doc_b])
-            allowed = checked_bound(found, exact, summary)
-            over = int(np.count_nonzero(np.abs(found.pairs.socm - exact.pairs.socm)[same] > allowed[same]))
+            reported = bound_summary(found, summary.tail, rank)
+            low, high = reported["mean_collapse_rate_interval"]
+            inside = "yes" if low <= exact.collapse_mean.mean() <= high else "NO"
+            outside, compared = outside_sides(found, exact, summary, store.lengths, store.dim)
             disk = len(corpus.texts) * rank * store.dim * 4
             print(f"| {rank} | {summary_seconds:.1f} s | {knn_seconds:.1f} s | {found.collapse_mean.mean():.4f} | "
-                  f"{error.mean():.4f} / {np.quantile(error, 0.95):.4f} / {error.max():.4f} | {bound.mean():.3f} | "
-                  f"{over} of {int(same.sum()):,} | {disk / 2**20:,.0f} MiB | "
+                  f"[{low:.4f}, {high:.4f}] ({inside}) | "
+                  f"{error.mean():.4f} / {np.quantile(error, 0.95):.4f} / {error.max():.4f} | "
+                  f"{reported['mean_socm_error_bound']:.3f} | {outside} of {compared:,} | {disk / 2**20:,.0f} MiB | "
                   f"{disk / len(corpus.texts) * 100_000 / 2**30:.1f} GiB |")
         print(f"command: .venv/bin/python benchmarks/bench_summary_rank.py {' '.join(sys.argv[1:])}".rstrip())
 

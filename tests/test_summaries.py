@@ -10,7 +10,15 @@ import pytest
 from test_collapse import gram_atol
 
 from rag_diag.collapse.knn import covariance_summary, knn_collapse
-from rag_diag.collapse.summaries import MAX_RANK, plan_memory, socm_error_bound, stream_summaries
+from rag_diag.collapse.socm import PairStats, reference_bw2
+from rag_diag.collapse.summaries import (
+    MAX_RANK,
+    bound_summary,
+    plan_memory,
+    socm_error_bound,
+    socm_error_sides,
+    stream_summaries,
+)
 from rag_diag.tokens.extract import encode_texts
 
 RANK = 2
@@ -54,6 +62,29 @@ def test_reported_bound_holds_against_exact_socm(mock_encoder, tiny_texts):
         rounding = (gram_atol(width, store.dim, concentration[a], concentration[b])
                     + gram_atol(RANK, store.dim, concentration[a], concentration[b]))
         assert abs(exact.pairs.socm[row] - approx.pairs.socm[row]) <= bound[row] + rounding
+    below, above = socm_error_sides(approx.pairs, streamed.summary.tail[approx.doc_a],
+                                    streamed.summary.tail[approx.doc_b])
+    assert above.sum() < bound.sum()  # the upper side is tighter than the symmetric bound here
+    difference = exact.pairs.socm - approx.pairs.socm
+    rounding = 2 * gram_atol(width, store.dim, concentration.max(), concentration.max())
+    assert np.all(difference <= above + rounding) and np.all(-difference <= below + rounding)
+    low, high = bound_summary(approx, streamed.summary.tail, RANK)["mean_collapse_rate_interval"]
+    assert low - rounding <= exact.collapse_mean.mean() <= high + rounding
+
+
+def test_sides_on_a_hand_example_where_truncation_overestimates():
+    """Σ1 = diag(1, 0.01), Σ2 = diag(0.04, 1), rank 1: Σ1_r = diag(1, 0), Σ2_r = diag(0, 1), so BW_r² = 2 and
+    τ = (0.01, 0.04); exactly (commuting) BW² = (1 − 0.2)² + (0.1 − 1)² = 1.45. With equal means SOCM = 1.45/4
+    = 0.3625 < SOCM_r = 0.5: the truncated value is too high here, by 0.1375, within below =
+    (2 − (√2 − 0.3)²)/4 ≈ 0.1896; above = (0.01 + 0.04)/4 = 0.0125."""
+    exact = reference_bw2(np.diag([1.0, 0.01]), np.diag([0.04, 1.0])) / 4.0
+    assert exact == pytest.approx(0.3625, abs=1e-12)
+    truncated = PairStats(d_mu=np.array([0.0]), d_sigma=np.array([0.5]), socm=np.array([0.5]), cos=np.array([1.0]))
+    below, above = socm_error_sides(truncated, np.array([0.01]), np.array([0.04]))
+    assert below[0] == pytest.approx((2.0 - (np.sqrt(2.0) - 0.3) ** 2) / 4.0, abs=1e-12)
+    assert above[0] == pytest.approx(0.0125, abs=1e-15)
+    assert 0.5 - below[0] <= exact <= 0.5 + above[0]
+    assert socm_error_bound(truncated, np.array([0.01]), np.array([0.04]))[0] == below[0]
 
 
 @pytest.mark.slow
@@ -71,6 +102,17 @@ def test_bound_holds_on_the_real_model(minilm, licences):
     # shards batch (and pad) the texts differently: the states differ by float32 rounding, which moves SOCM by
     # far less than this margin (measured here: the bound exceeds the error by ≥ 0.5 on every pair)
     assert np.all(np.abs(exact.pairs.socm - approx.pairs.socm) <= bound + rounding)
+    # the two sides on the same states (the store's own summaries): the upper side has no slack to spare for the
+    # shards' different batching, so only the two Gram-route roundings and the float32 factors remain
+    whole = covariance_summary(store, 4)
+    same = knn_collapse(None, 3, summary=whole)
+    np.testing.assert_array_equal(same.doc_b, exact.doc_b)
+    below, above = socm_error_sides(same.pairs, whole.tail[same.doc_a], whole.tail[same.doc_b])
+    difference = exact.pairs.socm - same.pairs.socm
+    # float32 factors: each moves by ≤ 2⁻²⁴·√tr, BW_r by ≤ 2⁻²⁴·(√tr₁ + √tr₂) = ρ, BW_r²/4 by ≤ ρ·(2·BW_r + ρ)/4
+    rho = 2.0**-24 * (np.sqrt(concentration[0]) + np.sqrt(concentration[1]))
+    factors = rho * (4.0 * np.sqrt(same.pairs.d_sigma) + rho) / 4.0
+    assert np.all(difference <= above + rounding + factors) and np.all(-difference <= below + rounding + factors)
     np.testing.assert_array_equal(streamed.full_lengths, store.full_lengths)
 
 

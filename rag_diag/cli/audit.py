@@ -37,7 +37,8 @@ def audit_command(
                                                                "rag-diag-POOLING).")] = None,
     memory_budget: Annotated[float, typer.Option(help="GiB of corpus data the audit may hold; over it the pass "
                                                       "keeps shard-built rank-r summaries.")] = 2.0,
-    max_store: Annotated[float | None, typer.Option(help="Largest token store (GiB) the audit may write.")] = None,
+    max_store: Annotated[float | None, typer.Option(help="Largest token store (GiB) the audit may write; it "
+                                                  "also caps the summaries' factors on disk (their rank).")] = None,
     engine: Annotated[str, typer.Option(help="local, or ray: rank-r summaries built by Ray actors.")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="An existing Ray cluster (host:port or ray://…); "
                                                          "default: a local Ray instance.")] = None,

@@ -48,9 +48,12 @@ def collapse_command(
         table = _bounded(docs, model, knn, rank, memory_budget, engine, ray_address, recorded(context))
         if table is not None:
             table.write(out, force=force)
+            bound = table.summary["error_bound"]
+            low, high = bound.get("mean_collapse_rate_interval", [float("nan")] * 2)
             console.print(f"knn (rank-{table.summary['rank']} summaries, {engine}): {table.summary['n_docs']} docs, "
                           f"avg SOCM {table.summary['avg_socm']:.4f}, max error bound "
-                          f"{table.summary['error_bound']['max_socm_error_bound']:.4f} → {out}")
+                          f"{bound['max_socm_error_bound']:.4f}, exact mean collapse rate in [{low:.4f}, {high:.4f}]"
+                          f" → {out}")
             return table
     elif engine != "local":
         raise RagDiagError("--engine ray builds kNN summaries: use it with --knn K (and the last layer)")

@@ -8,13 +8,17 @@ covariance — and are deleted before the next shard. The factors, N·r·d·4 by
 (:mod:`rag_diag.collapse.spill`) whose pages are dropped after each write and each read, so memory is the
 N·d·4 bytes of the means plus one shard, whatever N and r.
 
-**Error bound.** With τ the part of tr Σ a factor drops (the sum of the dropped eigenvalues) and
-e = √τ₁ + √τ₂, the Bures–Wasserstein distance between the truncated covariances is within e of the exact
-one (triangle inequality; BW(Σ, Σ_r)² = τ). With BW_r = 2√d_Σ_r the pair's truncated distance,
+**Error bounds.** With τ the part of tr Σ a factor drops (the sum of the dropped eigenvalues), Σ_r ≤ Σ in the
+Loewner order, and BW_r² the pair's BW² between the truncated covariances:
 
-    |BW² − BW_r²| = |BW − BW_r|·(BW + BW_r) ≤ e·(2·BW_r + e),
+- *above*: the fidelity tr((Σ1^½ Σ2 Σ1^½)^½) is monotone in each argument in the Loewner order (the square root
+  is operator monotone), so it is at least its truncated value, and BW² ≤ BW_r² + τ₁ + τ₂;
+- *below*: BW is a metric and BW(Σ, Σ_r)² = τ, so BW ≥ BW_r − e with e = √τ₁ + √τ₂ (triangle inequality),
+  and BW² ≥ max(BW_r − e, 0)².
 
-so, d_μ being exact, |SOCM − SOCM_r| = (1 − d_μ)·|BW² − BW_r²|/4 ≤ (1 − d_μ)·e·(2·BW_r + e)/4 for every pair.
+d_μ being exact, SOCM = (1 − d_μ)·BW²/4 lies in [SOCM_r − (1 − d_μ)·(BW_r² − max(BW_r − e, 0)²)/4,
+SOCM_r + (1 − d_μ)·(τ₁ + τ₂)/4] for every pair; a document's rate (the mean over its k pairs) and the corpus's
+mean rate lie between the means of the two ends. The reported symmetric bound is the larger of the two sides.
 """
 
 from __future__ import annotations
@@ -117,10 +121,9 @@ def build_summaries(
 
 def collapse_from_summaries(summary: CovarianceSummary, k: int, rank: int,
                             token_budget: int = 1 << 17) -> tuple[KnnResult, dict[str, Any]]:
-    """kNN collapse on the summaries, and the summary of its per-pair error bound (:func:`bound_summary`)."""
+    """kNN collapse on the summaries, and the summary of its per-pair error bounds (:func:`bound_summary`)."""
     found = knn_collapse(None, k, summary=summary, token_budget=token_budget, show_progress=True)
-    bound = socm_error_bound(found.pairs, summary.tail[found.doc_a], summary.tail[found.doc_b])
-    return found, bound_summary(bound, rank)
+    return found, bound_summary(found, summary.tail, rank)
 
 
 def _remove(path: Path) -> None:
@@ -129,18 +132,35 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def socm_error_bound(pairs: PairStats, tail_a: np.ndarray, tail_b: np.ndarray) -> np.ndarray:
-    """Per pair, the bound on |SOCM − SOCM_r| of the module docstring: (1 − d_μ)·e·(2·BW_r + e)/4."""
-    e = np.sqrt(np.maximum(tail_a, 0.0)) + np.sqrt(np.maximum(tail_b, 0.0))
+def socm_error_sides(pairs: PairStats, tail_a: np.ndarray, tail_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, how far exact SOCM can lie below and above SOCM_r (the module docstring):
+    below = (1 − d_μ)·(BW_r² − max(BW_r − e, 0)²)/4, above = (1 − d_μ)·(τ₁ + τ₂)/4."""
+    tail_a, tail_b = np.maximum(tail_a, 0.0), np.maximum(tail_b, 0.0)
+    e = np.sqrt(tail_a) + np.sqrt(tail_b)
     bw_r = 2.0 * np.sqrt(np.maximum(pairs.d_sigma, 0.0))
-    return (1.0 - pairs.d_mu) * e * (2.0 * bw_r + e) / 4.0
+    keep = 1.0 - pairs.d_mu
+    return keep * (bw_r**2 - np.maximum(bw_r - e, 0.0) ** 2) / 4.0, keep * (tail_a + tail_b) / 4.0
 
 
-def bound_summary(bound: np.ndarray, rank: int) -> dict[str, Any]:
-    """What the audit reports of the bound over every kNN pair."""
-    return {"rank": rank, "max_socm_error_bound": float(bound.max()) if len(bound) else 0.0,
-            "mean_socm_error_bound": float(bound.mean()) if len(bound) else 0.0,
-            "share_pairs_exact": float(np.mean(bound == 0.0)) if len(bound) else 1.0}
+def socm_error_bound(pairs: PairStats, tail_a: np.ndarray, tail_b: np.ndarray) -> np.ndarray:
+    """Per pair, the bound on |SOCM − SOCM_r|: the larger side of :func:`socm_error_sides`."""
+    return np.maximum(*socm_error_sides(pairs, tail_a, tail_b))
+
+
+def bound_summary(found: KnnResult, tail: np.ndarray, rank: int) -> dict[str, Any]:
+    """What the audit reports of the bounds over every kNN pair of ``found`` (k rows per document, in order):
+    the symmetric bound's max and mean, and the interval the exact mean collapse rate lies in."""
+    below, above = socm_error_sides(found.pairs, tail[found.doc_a], tail[found.doc_b])
+    bound = np.maximum(below, above)
+    if not len(bound):
+        return {"rank": rank, "max_socm_error_bound": 0.0, "mean_socm_error_bound": 0.0, "share_pairs_exact": 1.0}
+    n_docs = len(found.collapse_mean)
+    low = np.maximum(found.pairs.socm - below, 0.0).reshape(n_docs, -1).mean(axis=1)
+    high = (found.pairs.socm + above).reshape(n_docs, -1).mean(axis=1)
+    return {"rank": rank, "max_socm_error_bound": float(bound.max()), "mean_socm_error_bound": float(bound.mean()),
+            "share_pairs_exact": float(np.mean(bound == 0.0)),
+            "mean_socm_below": float(below.mean()), "mean_socm_above": float(above.mean()),
+            "mean_collapse_rate_interval": [float(low.mean()), float(high.mean())]}
 
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30

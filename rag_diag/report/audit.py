@@ -38,8 +38,13 @@ def _scale_text(summary: dict[str, Any]) -> str:
     if bound:
         text += (f" Collapse rates come from rank-{bound['rank']} summaries: per-pair SOCM error bound max "
                  f"{bound['max_socm_error_bound']:.4f}, mean {bound['mean_socm_error_bound']:.4f} "
-                 f"({bound['share_pairs_exact']:.1%} of pairs exact); failure pairs outside the kNN graph are "
-                 "computed exactly.")
+                 f"({bound['share_pairs_exact']:.1%} of pairs exact)")
+        if "mean_collapse_rate_interval" in bound:
+            low, high = bound["mean_collapse_rate_interval"]
+            text += (f"; exact SOCM lies at most {bound['mean_socm_above']:.4f} above a pair's value on average and "
+                     f"{bound['mean_socm_below']:.4f} below it, so the exact mean collapse rate lies in "
+                     f"[{low:.4f}, {high:.4f}]")
+        text += "; failure pairs outside the kNN graph are computed exactly."
     for name, figure in (summary.get("estimates") or {}).items():
         if isinstance(figure, dict):
             low, high = figure["ci_low"], figure["ci_high"]

@@ -363,9 +363,11 @@ def test_budget_below_the_token_store_audits_from_shard_built_summaries(kb, mock
     run (same index, same queries) scores the same; the evaluation encodes only the documents it reads."""
     queries, qrels = copy_queries(kb)
     store_bytes = audited.summary["estimate"]["store_bytes"]
+    plans: list = []
     small = audit_store(mock_store, model=mock_encoder, queries=queries, qrels=qrels, k=K, sample=20,
-                        memory_budget=store_bytes // 4, command="rag-diag audit (small budget)")
+                        memory_budget=store_bytes // 4, command="rag-diag audit (small budget)", on_plan=plans.append)
     memory = small.summary["memory"]
+    assert [plan.to_dict() for plan in plans] == [memory]  # announced before the pass, as it ran
     assert audited.summary["memory"]["mode"] == "token-store" and memory["mode"] == "summaries"
     assert memory["shard_docs"] < len(kb.ids) and small.summary["timings"]["n_shards"] > 1
     assert small.tokens is None and memory["rank"] >= 1

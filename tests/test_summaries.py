@@ -158,6 +158,9 @@ def test_plan_keeps_max_rank_on_disk_unless_max_store_caps_it():
     assert plan_memory(n_docs, tokens, store, dim, max_store_bytes=1).rank == 1
     small = plan_memory(1000, 67_000, 67_000 * dim * 4, dim)
     assert small.mode == "token-store" and small.rank is None and small.summary_bytes == 0
+    assert "exact kNN collapse" in small.line()
+    assert f"rank-{MAX_RANK} summaries" in big.line() and f"shards of {big.shard_docs:,} documents" in big.line()
+    assert f"{n_docs * MAX_RANK * dim * 4 / 2**20:,.0f} MiB" in big.line()  # 4,688 MiB of factors
 
 
 def test_streamed_factors_live_on_disk(mock_encoder, tiny_texts):

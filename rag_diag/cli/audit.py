@@ -71,7 +71,8 @@ def audit_command(
                              memory_budget=gib_bytes(memory_budget, "--memory-budget"),
                              max_store=None if max_store is None else gib_bytes(max_store, "--max-store"),
                              estimate_only=estimate, engine=Engine(engine, ray_address),
-                             on_estimate=lambda estimate: console.print(estimate.line()))
+                             on_estimate=lambda estimate: console.print(estimate.line()),
+                             on_plan=lambda plan: console.print(plan.line()))
     if export is not None and export_pooling is not None:
         name = export_collection or f"rag-diag-{export_pooling}"
         written = export_vectors(result, stored, export, export_pooling, name)

@@ -93,9 +93,13 @@ class CovarianceSummary:
     def bank(self, indices: np.ndarray, device: str, dtype: torch.dtype) -> Bank:
         """The documents ``indices`` as a Bank (r rows each; zero rows where the rank is lower)."""
         rank, dim = self.factors.shape[1:]
-        rows = self.factors[indices].reshape(-1, dim)
+        rows = torch.empty((len(indices) * rank, dim), dtype=dtype)
+        for start in range(0, len(indices), GATHER_DOCS):  # a disk-backed gather holds the pages it touched
+            part = np.asarray(self.factors[indices[start : start + GATHER_DOCS]])
+            rows[start * rank : start * rank + part.shape[0] * rank] = torch.from_numpy(part.reshape(-1, dim))
+            self.release_pages()
         return Bank(
-            rows=torch.as_tensor(rows, dtype=dtype, device=device),
+            rows=rows.to(device),
             offsets=np.arange(len(indices) + 1, dtype=np.int64) * rank,
             means=torch.as_tensor(self.means[indices], dtype=torch.float64, device=device),
             traces=self.traces[indices],
@@ -106,6 +110,8 @@ class CovarianceSummary:
         release(self.factors)
 
 
+GATHER_DOCS = 256
+"""Documents whose factors :meth:`CovarianceSummary.bank` reads at once before dropping the pages it touched."""
 UNIT_ATOL = 1e-6
 """Means whose norms are all within this of 1 (float32 rounding of a normalised vector) are used as they are."""
 

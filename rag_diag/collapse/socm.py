@@ -307,16 +307,29 @@ def load_bank(
     device: str = "cpu",
     dtype: torch.dtype = torch.float64,
 ) -> tuple[Bank, TextStats]:
-    """Normalised bank and raw per-text statistics of the store texts ``indices``."""
-    prepared = [prepare_text(store.tokens(int(i), layer, drop_special)) for i in np.asarray(indices, dtype=np.int64)]
-    mean_matrix = np.stack([p.mean for p in prepared]) if prepared else np.zeros((0, store.dim))
-    factors = [p.centred for p in prepared]
-    stats = TextStats(
-        n_tokens=np.array([p.n_tokens for p in prepared], dtype=np.int64),
-        trace=np.array([p.spread for p in prepared], dtype=np.float64),
-        concentration=np.array([p.concentration for p in prepared], dtype=np.float64),
-    )
-    return build_bank(factors, mean_matrix, resolve_device(device), dtype), stats
+    """Normalised bank and raw per-text statistics of the store texts ``indices``.
+
+    Each text's A is written straight into one preallocated float64 matrix (the store's lengths bound the rows:
+    dropping special tokens only removes some), so a chunk's rows are held once, not once per text and again
+    stacked."""
+    indices = np.asarray(indices, dtype=np.int64)
+    rows = np.empty((int(store.lengths[indices].sum()), store.dim))
+    offsets = np.zeros(len(indices) + 1, dtype=np.int64)
+    means = np.zeros((len(indices), store.dim))
+    n_tokens = np.empty(len(indices), dtype=np.int64)
+    spread, concentration, traces = np.empty(len(indices)), np.empty(len(indices)), np.empty(len(indices))
+    for position, row in enumerate(indices):
+        prepared = prepare_text(store.tokens(int(row), layer, drop_special))
+        stop = offsets[position] + prepared.n_tokens
+        rows[offsets[position] : stop] = prepared.centred
+        offsets[position + 1] = stop
+        means[position], n_tokens[position] = prepared.mean, prepared.n_tokens
+        spread[position], concentration[position] = prepared.spread, prepared.concentration
+        traces[position] = float((prepared.centred * prepared.centred).sum())
+    bank = Bank(rows=torch.as_tensor(rows[: offsets[-1]], dtype=dtype, device=resolve_device(device)),
+                offsets=offsets, means=torch.as_tensor(means, dtype=torch.float64, device=resolve_device(device)),
+                traces=traces)
+    return bank, TextStats(n_tokens=n_tokens, trace=spread, concentration=concentration)
 
 
 def pair_socm(

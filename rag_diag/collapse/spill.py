@@ -26,9 +26,20 @@ def spilled(shape: tuple[int, ...], dtype: type = np.float32, folder: str | None
     try:
         if int(np.prod(shape)) == 0:
             return np.zeros(shape, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="w+", shape=shape)  # a sparse file: it reads as zeros
+        array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)  # a sparse file: it reads as zeros
+        _read_at_random(array)
+        return array
     finally:
         os.unlink(path)
+
+
+def _read_at_random(array: np.ndarray) -> None:
+    """No read-ahead on the mapping: rows are gathered a few at a time from all over the file, and read-ahead
+    around each would make much of the file resident (measured: 2,178 scattered 48 KiB rows of a 1 GB file
+    made RSS grow by 0.99 GB)."""
+    mapped = getattr(array, "_mmap", None)
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
 
 
 def release(array: np.ndarray) -> None:

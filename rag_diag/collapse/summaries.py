@@ -193,6 +193,13 @@ class MemoryPlan:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def line(self) -> str:
+        """The plan in one line, printed before the pass."""
+        if self.mode == "token-store":
+            return f"plan: one token store, exact kNN collapse ({self.reason})"
+        return (f"plan: rank-{self.rank} summaries built in shards of {self.shard_docs:,} documents ({self.reason}); "
+                f"their factors take {self.summary_bytes / 2**20:,.0f} MiB of a temporary file on disk")
+
 
 def plan_memory(
     n_docs: int, n_tokens: int, store_bytes: int, dim: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET,

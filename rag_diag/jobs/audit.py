@@ -34,7 +34,7 @@ import polars as pl
 
 from rag_diag import atomic
 from rag_diag.collapse.knn import KnnResult
-from rag_diag.collapse.summaries import DEFAULT_MEMORY_BUDGET, plan_memory
+from rag_diag.collapse.summaries import DEFAULT_MEMORY_BUDGET, MemoryPlan, plan_memory
 from rag_diag.collapse.table import CollapseTable, docs_frame, pairs_frame
 from rag_diag.corpora.io import Qrels, Queries
 from rag_diag.corpora.probes import copy_probes
@@ -157,6 +157,7 @@ def audit_store(
     estimate_only: bool = False,
     engine: Engine | None = None,
     on_estimate: Callable[[EncodeEstimate], None] | None = None,
+    on_plan: Callable[[MemoryPlan], None] | None = None,
 ) -> AuditResult:
     """Audit a stored index; nothing is written (see :func:`write_audit`).
 
@@ -178,6 +179,7 @@ def audit_store(
         engine: where the summaries are built (local, or Ray: summaries whatever the size); see
             :class:`rag_diag.jobs.corpus_pass.Engine`.
         on_estimate: called, before the encoder pass, with what it will cost (:mod:`rag_diag.tokens.estimate`).
+        on_plan: called, before the encoder pass, with how it will hold the corpus (not with ``estimate_only``).
     """
     if k < 1:
         raise RagDiagError(f"--k must be at least 1, got {k}")
@@ -204,6 +206,8 @@ def audit_store(
         engine = Engine("ray", engine.address, model)
     plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store,
                        summaries=engine.name == "ray")
+    if on_plan is not None:
+        on_plan(plan)
     rss_before_pass = peak_rss_gib()
     corpus_pass = run_pass(stored, encoder, plan, k_graph, engine, np.asarray(estimate.full_lengths))
     corpus_pass.timings |= {"peak_rss_gib_before_pass": rss_before_pass, "peak_rss_gib_after_pass": peak_rss_gib()}

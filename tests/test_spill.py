@@ -37,6 +37,14 @@ def test_release_drops_pages_and_keeps_the_data(tmp_path):
     np.testing.assert_array_equal(part, want[[5, 0, 63]])  # a gathered copy is the caller's, not the mapping's
 
 
+def test_default_folder_is_in_the_cache_not_a_ram_backed_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAG_DIAG_CACHE", str(tmp_path / "cache"))
+    array = spilled((4, 4))
+    array[:] = 2.0
+    assert (tmp_path / "cache" / "spill").is_dir() and list((tmp_path / "cache" / "spill").iterdir()) == []
+    assert float(array.sum()) == 32.0
+
+
 def test_release_of_an_array_in_memory_is_a_no_op():
     array = np.arange(12.0)
     release(array)

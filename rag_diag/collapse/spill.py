@@ -12,16 +12,27 @@ import mmap
 import os
 import tempfile
 
+from pathlib import Path
+
 import numpy as np
+
+from rag_diag.atomic import cache_root
 
 SPILL_BYTES = 64 * 2**20
 """Arrays of factors larger than this go to disk (a shard's or a small corpus's stay in memory)."""
 
 
-def spilled(shape: tuple[int, ...], dtype: type = np.float32, folder: str | None = None) -> np.ndarray:
-    """A zero-filled array of ``shape`` on a temporary file in ``folder`` (the system's temporary folder by
-    default), already unlinked."""
-    handle, path = tempfile.mkstemp(prefix="rag-diag-spill-", suffix=".bin", dir=folder)
+def spill_folder() -> Path:
+    """``spill/`` in rag-diag's cache folder: on disk where the cache is, never a RAM-backed ``/tmp``."""
+    folder = cache_root() / "spill"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def spilled(shape: tuple[int, ...], dtype: type = np.float32, folder: str | Path | None = None) -> np.ndarray:
+    """A zero-filled array of ``shape`` on a temporary file in ``folder`` (:func:`spill_folder` by default),
+    already unlinked."""
+    handle, path = tempfile.mkstemp(prefix="rag-diag-spill-", suffix=".bin", dir=folder or spill_folder())
     os.close(handle)
     try:
         if int(np.prod(shape)) == 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-
 from pathlib import Path
 
 import numpy as np

@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.optional  # the 'ray' extra
 
-from rag_diag.collapse import ray_engine  # noqa: E402
+from rag_diag.collapse import spill  # noqa: E402
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary, knn_collapse  # noqa: E402
 from rag_diag.collapse.ray_engine import COLUMNS, _assemble, ray_summaries  # noqa: E402
 from rag_diag.errors import RagDiagError  # noqa: E402
@@ -185,7 +185,7 @@ def test_shards_are_parquet_files_holding_every_document_once(sharded, corpus):
 
 @pytest.mark.parametrize("spill_bytes", [0, 1 << 40], ids=["factors-on-disk", "factors-in-memory"])
 def test_assemble_restores_row_order_whatever_the_block_order(local_store, corpus, monkeypatch, spill_bytes):
-    monkeypatch.setattr(ray_engine, "SPILL_BYTES", spill_bytes)
+    monkeypatch.setattr(spill, "SPILL_BYTES", spill_bytes)
     ids, _ = corpus
     want = covariance_summary(local_store, RANK)
     n = len(ids)

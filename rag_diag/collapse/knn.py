@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rag_diag.collapse.socm import Bank, PairStats, TextStats, fast_pairs, load_bank
-from rag_diag.collapse.spill import SPILL_BYTES, release, spilled
+from rag_diag.collapse.spill import release, zeros
 from rag_diag.devices import resolve_device
 from rag_diag.errors import RagDiagError
 from rag_diag.progress import progress_bar
@@ -220,8 +220,7 @@ def covariance_summary(
         raise RagDiagError(f"--rank must be at least 1, got {rank}")
     n_docs, dim = len(store), store.dim
     means = np.empty((n_docs, dim), dtype=np.float32)
-    factors = spilled((n_docs, rank, dim)) if n_docs * rank * dim * 4 > SPILL_BYTES else (
-        np.zeros((n_docs, rank, dim), dtype=np.float32))
+    factors = zeros((n_docs, rank, dim))
     traces, tails = np.empty(n_docs), np.empty(n_docs)
     stats_parts: list[TextStats] = []
     longest = int(store.lengths.max()) if n_docs else 1

@@ -44,7 +44,7 @@ import numpy as np
 
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary
 from rag_diag.collapse.socm import TextStats
-from rag_diag.collapse.spill import SPILL_BYTES, release, spilled
+from rag_diag.collapse.spill import release, zeros
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.tokens.ray_pass import RayOptions, actor_map, ray_pipeline
@@ -103,8 +103,7 @@ def _assemble(parts: Iterable[dict[str, np.ndarray]], ids: Sequence[str], rank: 
         rows = np.asarray(part["row"], dtype=np.int64)
         dim = np.asarray(part["mean"]).shape[-1]
         if factors is None:
-            big = n * rank * dim * 4 > SPILL_BYTES
-            factors = spilled((n, rank, dim)) if big else np.zeros((n, rank, dim), dtype=np.float32)
+            factors = zeros((n, rank, dim))
         if len(rows) and (rows.min() < 0 or rows.max() >= n):
             raise RagDiagError(f"the Ray engine returned a row index outside 0 … {n - 1}")
         factors[rows] = np.asarray(part["factor"], dtype=np.float32).reshape(len(rows), rank, dim)

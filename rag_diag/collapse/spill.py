@@ -31,16 +31,23 @@ def spill_folder() -> Path:
 def spilled(shape: tuple[int, ...], dtype: type = np.float32, folder: str | Path | None = None) -> np.ndarray:
     """A zero-filled array of ``shape`` on a temporary file in ``folder`` (:func:`spill_folder` by default),
     already unlinked."""
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
     handle, path = tempfile.mkstemp(prefix="rag-diag-spill-", suffix=".bin", dir=folder or spill_folder())
     os.close(handle)
     try:
-        if int(np.prod(shape)) == 0:
-            return np.zeros(shape, dtype=dtype)
         array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)  # a sparse file: it reads as zeros
         _read_at_random(array)
         return array
     finally:
         os.unlink(path)
+
+
+def zeros(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A zero-filled array of ``shape``: :func:`spilled` over ``SPILL_BYTES``, else in memory."""
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize > SPILL_BYTES:
+        return spilled(shape, dtype)
+    return np.zeros(shape, dtype=dtype)
 
 
 def _read_at_random(array: np.ndarray) -> None:
@@ -55,7 +62,5 @@ def _read_at_random(array: np.ndarray) -> None:
 def release(array: np.ndarray) -> None:
     """Drop the resident pages of a :func:`spilled` array (no-op for an array in memory)."""
     mapped = getattr(array, "_mmap", None)
-    if mapped is None and isinstance(getattr(array, "base", None), mmap.mmap):
-        mapped = array.base
     if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
         mapped.madvise(mmap.MADV_DONTNEED)

@@ -58,6 +58,21 @@ def test_transformer_encoder_satisfies_the_protocol(minilm):
 
 
 @pytest.mark.slow
+def test_tokenize_in_chunks_equals_one_tokenizer_call(minilm):
+    from rag_diag.models.loading import TOKENIZE_CHUNK
+
+    # more texts than one chunk, some past the window: ids, masks, uncut lengths and the cut count as in one call
+    texts = [("licence clause %d " % n) * (1 + 37 * (n % 5)) for n in range(2 * TOKENIZE_CHUNK + 5)]
+    got = minilm.tokenize(texts)
+    uncut = minilm.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    cut = minilm.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=minilm.max_seq_length,
+                           return_special_tokens_mask=True, verbose=False)
+    assert got.input_ids == cut["input_ids"] and got.special_mask == cut["special_tokens_mask"]
+    assert got.full_lengths == [len(ids) for ids in uncut]
+    assert 0 < got.n_truncated == sum(len(ids) > minilm.max_seq_length for ids in uncut) < len(texts)
+
+
+@pytest.mark.slow
 def test_random_minilm_is_seeded_and_differs_from_trained(minilm):
     from rag_diag.models.loading import _load_random_minilm
 

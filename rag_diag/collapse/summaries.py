@@ -87,6 +87,7 @@ def stream_summaries(
             stop = min(start + shard_docs, len(texts))
             store = encode_texts(list(texts[start:stop]), model=encoder, ids=list(ids[start:stop]), dtype=dtype,
                                  batch_size=batch_size, cache=False, out=Path(tmp) / f"shard-{number}")
+            release_heap()  # the forward passes' freed activations, before the summaries' chunks are allocated
             _fill(summary, start, covariance_summary(store, rank))
             lengths[start:stop] = store.full_lengths
             window, n_shards = int(store.window), number + 1

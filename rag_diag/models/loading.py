@@ -29,6 +29,10 @@ from rag_diag.models.registry import (
     weight_files,
 )
 
+TOKENIZE_CHUNK = 64
+"""Texts per tokenizer call. In one call, 1,200 long texts of the 100k knowledge base (2.7·10⁶ uncut tokens)
+raised RSS by 0.56 GiB, which the allocator kept once they were freed; the window-cut call holds the cut tails too."""
+
 
 @dataclass
 class TransformerEncoder:
@@ -52,15 +56,24 @@ class TransformerEncoder:
         return str(next(self.model.parameters()).device)
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Token ids and special-token masks per text (cut to the window), and how many were cut."""
-        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        encoded = self.tokenizer(
-            list(texts), add_special_tokens=True, truncation=True, max_length=self.max_seq_length,
-            return_special_tokens_mask=True, verbose=False,
-        )
-        lengths = [len(ids) for ids in full]
+        """Token ids and special-token masks per text (cut to the window), each text's uncut token count, and how
+        many were cut; TOKENIZE_CHUNK texts per tokenizer call, so only one chunk's uncut ids are ever held."""
+        input_ids: list[list[int]] = []
+        special: list[list[int]] = []
+        lengths: list[int] = []
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            part = list(texts[start : start + TOKENIZE_CHUNK])
+            uncut = self.tokenizer(part, add_special_tokens=True, truncation=False, verbose=False,
+                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            lengths += [len(ids) for ids in uncut]
+            del uncut
+            cut = self.tokenizer(part, add_special_tokens=True, truncation=True, max_length=self.max_seq_length,
+                                 return_special_tokens_mask=True, return_attention_mask=False,
+                                 return_token_type_ids=False, verbose=False)
+            input_ids += cut["input_ids"]
+            special += cut["special_tokens_mask"]
         n_truncated = sum(1 for n in lengths if n > self.max_seq_length)
-        return Tokenized(encoded["input_ids"], encoded["special_tokens_mask"], n_truncated, lengths)
+        return Tokenized(input_ids, special, n_truncated, lengths)
 
     def hidden_states(self, batch: Sequence[Sequence[int]], layers: Sequence[int]) -> np.ndarray:
         """(L, B, W, d) float32 hidden states of right-padded rows; padding masked out of attention."""

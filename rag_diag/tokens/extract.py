@@ -19,6 +19,7 @@ from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import progress_bar
 from rag_diag.tokens.cache import cache_key, entry_path, open_cached, publish
+from rag_diag.tokens.estimate import batch_slices
 from rag_diag.tokens.ray_pass import RayOptions, ray_hidden_batches
 from rag_diag.tokens.store import EncodeReport, TokenStore, write_manifest
 
@@ -81,9 +82,9 @@ def _release(embeddings: np.memmap) -> None:
 
 def _local_batches(encoder: Encoder, input_ids: list[list[int]], order: np.ndarray, layers: list[int],
                    batch_size: int) -> HiddenBatches:
-    """The encoder's forward passes in this process, ``batch_size`` texts of ``order`` at a time."""
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    """The encoder's forward passes in this process over ``order`` (longest first), batched by :func:`batch_slices`."""
+    for part in batch_slices([len(input_ids[i]) for i in order], batch_size):
+        batch = order[part]
         rows = encoder.hidden_states([input_ids[i] for i in batch], layers)
         yield batch, [rows[:, position, : len(input_ids[i])] for position, i in enumerate(batch)]
 

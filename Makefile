@@ -8,6 +8,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
+# no second copy of every wheel in ~/.cache: the venv alone takes ≈ 4.5 GB
+export PIP_NO_CACHE_DIR := 1
 
 PYTHON ?= python3
 VENV := .venv

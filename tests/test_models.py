@@ -62,7 +62,7 @@ def test_tokenize_in_chunks_equals_one_tokenizer_call(minilm):
     from rag_diag.models.loading import TOKENIZE_CHUNK
 
     # more texts than one chunk, some past the window: ids, masks, uncut lengths and the cut count as in one call
-    texts = [("licence clause %d " % n) * (1 + 37 * (n % 5)) for n in range(2 * TOKENIZE_CHUNK + 5)]
+    texts = [f"licence clause {n} " * (1 + 37 * (n % 5)) for n in range(2 * TOKENIZE_CHUNK + 5)]
     got = minilm.tokenize(texts)
     uncut = minilm.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     cut = minilm.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=minilm.max_seq_length,

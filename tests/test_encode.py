@@ -376,3 +376,36 @@ def test_cli_encode_writes_store_and_reports_cache(tmp_path, tiny_texts, capsys)
     assert store.doc_ids == [str(i) for i in range(len(tiny_texts))]
     assert main(["encode", "--corpus", str(corpus), "--out", str(tmp_path / "store2")]) == 0
     assert "cache hit" in capsys.readouterr().out
+
+
+def test_scattered_token_reads_keep_a_bounded_part_of_the_store_mapped(tmp_path):
+    """Reading every text of a 384 MiB store in a random order (as re-ranking and diagnosis do) drops the mapping's
+    pages every READ_RELEASE_BYTES read. A fault on a file just written may map a whole large folio (measured here:
+    ≈ 6 × the rows read: 105 MiB at most), so the bound is half the store; without the drops the scan mapped all
+    of it, 386 MiB."""
+    from rag_diag.tokens.store import READ_RELEASE_BYTES, TokenStore
+
+    n_docs, n_tokens, dim = 1024, 256, 384
+    matrix = np.lib.format.open_memmap(tmp_path / "embeddings.npy", mode="w+", dtype=np.float32,
+                                       shape=(1, n_docs * n_tokens, dim))
+    for start in range(0, n_docs * n_tokens, 1 << 14):
+        matrix[0, start : start + (1 << 14)] = np.arange(start, start + (1 << 14))[:, None]
+    matrix.flush()
+    del matrix
+    store = TokenStore(path=tmp_path, doc_ids=[str(i) for i in range(n_docs)],
+                       offsets=np.arange(n_docs + 1) * n_tokens,
+                       embeddings=np.load(tmp_path / "embeddings.npy", mmap_mode="r"),
+                       token_ids=np.zeros(n_docs * n_tokens, dtype=np.int32),
+                       special_mask=np.zeros(n_docs * n_tokens, dtype=bool),
+                       full_lengths=np.full(n_docs, n_tokens), layers=[6])
+    with open("/proc/self/statm") as handle:
+        before = int(handle.read().split()[1]) * 4096
+    grown = 0
+    for doc in np.random.default_rng(0).permutation(n_docs):
+        rows = store.tokens(int(doc))
+        first = int(doc) * n_tokens  # row j of text doc holds the value first + j in every column
+        assert float(rows.sum(dtype=np.float64)) == dim * (n_tokens * first + n_tokens * (n_tokens - 1) / 2)
+        with open("/proc/self/statm") as handle:
+            grown = max(grown, int(handle.read().split()[1]) * 4096 - before)
+    assert READ_RELEASE_BYTES <= 16 * 2**20
+    assert grown <= n_docs * n_tokens * dim * 4 / 2, f"{grown / 2**20:.0f} MiB of a 384 MiB store mapped"

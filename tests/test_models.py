@@ -59,10 +59,10 @@ def test_transformer_encoder_satisfies_the_protocol(minilm):
 
 @pytest.mark.slow
 def test_tokenize_in_chunks_equals_one_tokenizer_call(minilm):
-    from rag_diag.models.loading import TOKENIZE_CHUNK
+    from rag_diag.models.loading import TEXTS_PER_CALL
 
     # more texts than one chunk, some past the window: ids, masks, uncut lengths and the cut count as in one call
-    texts = [("licence clause %d " % n) * (1 + 37 * (n % 5)) for n in range(2 * TOKENIZE_CHUNK + 5)]
+    texts = [f"licence clause {n} " * (1 + 37 * (n % 5)) for n in range(2 * TEXTS_PER_CALL + 5)]
     got = minilm.tokenize(texts)
     uncut = minilm.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     cut = minilm.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=minilm.max_seq_length,

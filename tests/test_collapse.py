@@ -31,6 +31,8 @@ from rag_diag.collapse.socm import (
     PairStats,
     build_bank,
     fast_pairs,
+    load_bank,
+    pair_groups,
     pair_socm,
     prepare_text,
     reference_pair,
@@ -469,6 +471,56 @@ def test_pair_socm_matches_the_oracles_on_a_mock_store(mock_store):
     diagonal = pair_socm(mock_store, a, a)
     for row, i in enumerate(a):
         assert abs(diagonal.socm[row]) <= gram_atol(width, mock_store.dim, traces[i], traces[i])
+
+
+def test_pair_groups_on_a_hand_example():
+    lengths = np.array([5, 3, 4, 10])
+    # (0,1) 8 rows; (0,2) adds 4 → 12; (1,2) adds 0 → 12; (2,3) adds 10 → 22 > 12: new group of 14 rows
+    groups = pair_groups(lengths, np.array([0, 0, 1, 2]), np.array([1, 2, 2, 3]), budget=12)
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [3]]
+    # a pair over the budget alone is a group of its own, never split or dropped
+    assert [g.tolist() for g in pair_groups(lengths, np.array([3, 0]), np.array([2, 1]), budget=6)] == [[0], [1]]
+    assert pair_groups(lengths, np.zeros(0, np.int64), np.zeros(0, np.int64), budget=6) == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), max_size=40), st.integers(1, 60))
+@settings(max_examples=60, deadline=None)
+def test_pair_groups_partition_in_order_within_the_budget(pairs, budget):
+    lengths = np.arange(1, 11)
+    a = np.array([p[0] for p in pairs], dtype=np.int64)
+    b = np.array([p[1] for p in pairs], dtype=np.int64)
+    groups = pair_groups(lengths, a, b, budget)
+    assert np.concatenate(groups or [np.zeros(0, np.int64)]).tolist() == list(range(len(pairs)))
+    for group in groups:
+        held = int(lengths[np.unique(np.concatenate([a[group], b[group]]))].sum())
+        assert held <= budget or len(group) == 1
+
+
+def test_pair_socm_in_small_groups_equals_one_group(mock_store):
+    """A token budget of one pair's rows gives the same statistics as one load of every text."""
+    a, b = np.triu_indices(len(mock_store), k=1)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(a))
+    a, b = a[order], b[order]
+    whole = pair_socm(mock_store, a, b, token_budget=10**9)
+    grouped = pair_socm(mock_store, a, b, token_budget=2 * int(mock_store.lengths.max()))
+    width = int(mock_store.lengths.max())
+    traces = [oracle_concentration(mock_store.tokens(i)) for i in range(len(mock_store))]
+    for row, (i, j) in enumerate(zip(a, b, strict=True)):
+        atol = 2 * gram_atol(width, mock_store.dim, traces[i], traces[j])  # each value within gram_atol of exact
+        for field in FIELDS:
+            assert abs(getattr(grouped, field)[row] - getattr(whole, field)[row]) <= atol
+    check_store_pairs(mock_store, a, b, grouped, method="svd")
+
+
+def test_sampled_text_stats_equal_the_banks(mock_store):
+    from rag_diag.jobs.sampled import text_stats
+
+    rows = np.array([5, 0, 7, 2])
+    _, expected = load_bank(mock_store, rows)
+    got = text_stats(mock_store, rows)
+    assert got.n_tokens.tolist() == expected.n_tokens.tolist()
+    assert np.array_equal(got.trace, expected.trace) and np.array_equal(got.concentration, expected.concentration)
 
 
 def test_drop_special_changes_the_token_set(mock_store):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rag_diag.collapse.knn import KnnResult, neighbour_graph
-from rag_diag.collapse.socm import PairStats, TextStats, load_bank, pair_socm
+from rag_diag.collapse.socm import PairStats, TextStats, pair_socm, prepare_text
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.stores.stored import StoredIndex
@@ -76,6 +76,16 @@ def neighbour_cosines(unit: np.ndarray, neighbours: np.ndarray, chunk: int = 819
     return cos.reshape(-1)
 
 
+def text_stats(store: TokenStore, rows: np.ndarray) -> TextStats:
+    """Raw statistics (n, S(X), concentration) of the store texts ``rows``, one text at a time: a bank of them
+    all would hold every token in float64 at once."""
+    stats = np.empty((len(rows), 3))
+    for position, row in enumerate(rows):
+        prepared = prepare_text(store.tokens(int(row)))
+        stats[position] = prepared.n_tokens, prepared.spread, prepared.concentration
+    return TextStats(stats[:, 0].astype(np.int64), stats[:, 1], stats[:, 2])
+
+
 def run_sampled_pass(stored: StoredIndex, encoder: Encoder, k: int, sample: np.ndarray, extra: np.ndarray,
                      seed: int) -> SampledPass:
     """Graph from the stored vectors; token store and exact SOCM for ``sample ∪ extra`` and their neighbours."""
@@ -93,7 +103,7 @@ def run_sampled_pass(stored: StoredIndex, encoder: Encoder, k: int, sample: np.n
     doc_a = np.repeat(rated, k)
     doc_b = neighbours[rated].reshape(-1)
     pairs = pair_socm(tokens, np.array([local[int(r)] for r in doc_a]), np.array([local[int(r)] for r in doc_b]))
-    _, stats = load_bank(tokens, np.array([local[int(r)] for r in rated]))
+    stats = text_stats(tokens, np.array([local[int(r)] for r in rated]))
     per_doc = pairs.socm.reshape(len(rated), k)
     best = per_doc.argmax(axis=1)
     knn = KnnResult(doc_a, doc_b, PairStats(pairs.d_mu, pairs.d_sigma, pairs.socm, pairs.cos),

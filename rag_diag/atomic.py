@@ -28,7 +28,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,16 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     return Path(name)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+def write_chunks(path: str | Path, chunks: Iterable[bytes]) -> Path:
+    """Write the byte ``chunks`` to ``path`` atomically (temp file + fsync + rename), one chunk at a time: a
+    generator's output is never held whole, and an error while it runs leaves no file."""
     path = Path(path)
     tmp = _tmp_sibling(path)
     try:
         os.chmod(tmp, 0o644)
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -66,6 +68,16 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return write_chunks(path, [data])
+
+
+def write_lines(path: str | Path, lines: Iterable[str]) -> Path:
+    """Write UTF-8 ``lines`` (each with its own line end) to ``path`` atomically, streamed."""
+    return write_chunks(path, (line.encode("utf-8") for line in lines))
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -294,3 +294,18 @@ def test_process_start_is_before_now():
     started = atomic._process_start_time()
     assert started <= time.time()
     assert time.time() - started < 24 * 3600  # a test run does not last a day: the value is this process's
+
+
+def test_write_lines_streams_and_leaves_nothing_when_the_lines_fail(tmp_path):
+    target = tmp_path / "corpus.jsonl"
+    atomic.write_lines(target, (f"{i}\n" for i in range(3)))
+    assert target.read_text() == "0\n1\n2\n"
+
+    def failing():
+        yield "new 0\n"
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError):
+        atomic.write_lines(target, failing())
+    assert target.read_text() == "0\n1\n2\n"  # the old file stands, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]  # no temporary sibling left

@@ -7,6 +7,7 @@ equal inputs give equal bytes (corpus builds are checked by their checksums).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, Qrels, Queries
 
 
-def _jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
+def _jsonl(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """One key-sorted JSON line per record, lazily (a corpus is written without its whole text in memory)."""
+    return (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
 
 
 def _split_title(title: str, text: str) -> str:
@@ -25,15 +27,17 @@ def _split_title(title: str, text: str) -> str:
 
 
 def write_corpus_jsonl(path: str | Path, corpus: Corpus) -> Path:
-    """Write ``corpus`` as a BEIR ``corpus.jsonl`` (one object per document, in corpus order)."""
-    records = []
+    """Write ``corpus`` as a BEIR ``corpus.jsonl`` (one object per document, in corpus order), streamed."""
+    return atomic.write_lines(path, _jsonl(_corpus_records(corpus)))
+
+
+def _corpus_records(corpus: Corpus) -> Iterator[dict[str, Any]]:
     for index, (doc_id, text) in enumerate(zip(corpus.ids, corpus.texts, strict=True)):
         title = corpus.titles[index] if corpus.titles else ""
         record: dict[str, Any] = {"_id": doc_id, "title": title, "text": _split_title(title, text)}
         if corpus.metadata and corpus.metadata[index]:
             record["metadata"] = corpus.metadata[index]
-        records.append(record)
-    return atomic.write_text(path, _jsonl(records))
+        yield record
 
 
 def write_queries_jsonl(path: str | Path, queries: Queries) -> Path:
@@ -44,7 +48,7 @@ def write_queries_jsonl(path: str | Path, queries: Queries) -> Path:
         if queries.metadata and queries.metadata[index]:
             record["metadata"] = queries.metadata[index]
         records.append(record)
-    return atomic.write_text(path, _jsonl(records))
+    return atomic.write_lines(path, _jsonl(records))
 
 
 def write_qrels_tsv(path: str | Path, qrels: Qrels) -> Path:

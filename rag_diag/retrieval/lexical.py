@@ -80,7 +80,12 @@ class BM25Index:
         self.k1, self.b = k1, b
         start = time.perf_counter()
         self.retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
-        self.retriever.index([tokenize(text) for text in texts], show_progress=False)
+        # bm25s is given token ids, not token strings: a list of fresh strings per document held every token of
+        # the corpus as its own object (+0.7 GiB on 100,000 kb-scale documents); ids drawn from one vocabulary
+        # share their int objects, a pointer per token
+        vocabulary: dict[str, int] = {}
+        ids = [[vocabulary.setdefault(token, len(vocabulary)) for token in tokenize(text)] for text in texts]
+        self.retriever.index((ids, vocabulary), show_progress=False)
         self.build_seconds = time.perf_counter() - start
 
     @classmethod

@@ -409,3 +409,18 @@ def test_scattered_token_reads_keep_a_bounded_part_of_the_store_mapped(tmp_path)
             grown = max(grown, int(handle.read().split()[1]) * 4096 - before)
     assert READ_RELEASE_BYTES <= 16 * 2**20
     assert grown <= n_docs * n_tokens * dim * 4 / 2, f"{grown / 2**20:.0f} MiB of a 384 MiB store mapped"
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1 << 14])
+@pytest.mark.parametrize("drop_special", [False, True])
+def test_means_in_chunks_equal_a_float64_reference(mock_store, chunk_rows, drop_special):
+    """Streamed means (any chunk size, special tokens kept or dropped) == per-text float64 means, rounded once to
+    float32: both accumulate the same float32 values in float64 (each ≤ n·eps64·max|x| off), far below one float32
+    rounding (eps32/2 relative)."""
+    reference = np.array([mock_store.tokens(i, drop_special=drop_special).astype(np.float64).mean(axis=0)
+                          for i in range(len(mock_store))])
+    got = mock_store.means(drop_special=drop_special, chunk_rows=chunk_rows)
+    assert got.dtype == np.float32
+    atol = np.abs(reference) * EPS32 / 2 + 2 * int(mock_store.lengths.max()) * np.finfo(np.float64).eps * float(
+        np.abs(np.asarray(mock_store.embeddings[-1])).max())
+    assert (np.abs(got - reference) <= atol).all()

@@ -106,31 +106,34 @@ class TokenStore:
                 rows = rows[keep]
         return rows
 
-    def means(self, layer: int | None = None, drop_special: bool = False, chunk_rows: int = 1 << 16) -> np.ndarray:
+    def means(self, layer: int | None = None, drop_special: bool = False, chunk_rows: int = 1 << 14) -> np.ndarray:
         """Mean-pooled vectors (N, d) float32, μ(X) = (1/n) Σ x_j accumulated in float64.
 
-        Streamed over the memory-mapped matrix in chunks of about ``chunk_rows`` token rows, so memory
-        stays bounded. Matches :meth:`tokens`: with ``drop_special`` a text made only of special
-        tokens keeps them.
+        Streamed over the memory-mapped matrix in chunks of about ``chunk_rows`` token rows, so memory stays
+        bounded: a chunk is cast to float64 once (50 MB at 2¹⁴ rows, d = 384; 2¹⁶-row chunks and a weighted copy
+        took +0.8 GiB over windowed encoding's 12,790 chunk texts). Matches :meth:`tokens`: with
+        ``drop_special`` a text made only of special tokens keeps them.
         """
         position = self.layer_position(layer)
-        offsets = self.offsets
+        offsets, lengths = self.offsets, self.lengths
         out = np.empty((len(self), self.dim), dtype=np.float32)
         start_doc = 0
         while start_doc < len(self):
             stop_doc = int(np.searchsorted(offsets, offsets[start_doc] + chunk_rows, side="right")) - 1
             stop_doc = min(max(stop_doc, start_doc + 1), len(self))
             lo, hi = int(offsets[start_doc]), int(offsets[stop_doc])
-            rows = np.asarray(self.embeddings[position, lo:hi], dtype=np.float64)
             starts = offsets[start_doc:stop_doc] - lo
-            weights = np.ones(hi - lo)
             if drop_special:
                 weights = (~self.special_mask[lo:hi]).astype(np.float64)
                 kept = np.add.reduceat(weights, starts)
                 for doc in np.flatnonzero(kept == 0):
-                    weights[starts[doc] : starts[doc] + self.lengths[start_doc + doc]] = 1.0
-            sums = np.add.reduceat(rows * weights[:, None], starts, axis=0)
-            out[start_doc:stop_doc] = sums / np.add.reduceat(weights, starts)[:, None]
+                    weights[starts[doc] : starts[doc] + lengths[start_doc + doc]] = 1.0
+                rows = np.asarray(self.embeddings[position, lo:hi], dtype=np.float64) * weights[:, None]
+                sums, counts = np.add.reduceat(rows, starts, axis=0), np.add.reduceat(weights, starts)
+            else:
+                sums = np.add.reduceat(self.embeddings[position, lo:hi], starts, axis=0, dtype=np.float64)
+                counts = lengths[start_doc:stop_doc].astype(np.float64)
+            out[start_doc:stop_doc] = sums / counts[:, None]
             start_doc = stop_doc
             self.release_pages()  # RSS holds one chunk of the store, not the store
         return out

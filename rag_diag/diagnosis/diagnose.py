@@ -152,7 +152,8 @@ def diagnose(
     labels = _labels(corpus)
     table = query_table(evaluation, strategy)
     check_known_ids(table, collapse)
-    table = table.join(doc_columns(collapse, "relevant"), left_on="relevant_id", right_on="relevant_doc_id",
+    relevant = doc_columns(collapse, "relevant", table["relevant_id"].to_list())
+    table = table.join(relevant, left_on="relevant_id", right_on="relevant_doc_id",
                        how="left")
     socm_values = collapse.pairs["socm"].drop_nulls().to_numpy().astype(np.float64)
     threshold = float(np.quantile(socm_values, HIGH_SOCM_QUANTILE)) if len(socm_values) else float("inf")
@@ -162,8 +163,9 @@ def diagnose(
     texts = {} if corpus is None else dict(zip(corpus.ids, corpus.texts, strict=True))
     full_lengths = {} if store is None else dict(zip(store.doc_ids, store.full_lengths.tolist(), strict=True))
     k = collapse.summary.get("k") if collapse.summary.get("mode") == "knn" else None
+    hubs = k_occurrence(collapse.pairs, failures["confuser_id"].drop_nulls().to_list())
     failures = classify(failures, evaluation.runs, evaluation.qrels, texts=texts, full_lengths=full_lengths,
-                        window=None if store is None else store.window, hubs=k_occurrence(collapse.pairs), k=k)
+                        window=None if store is None else store.window, hubs=hubs, k=k)
     flips = _counterfactuals(evaluation, strategy)
     n_queries, n_failures = len(table), len(failures)
     summary: dict[str, Any] = {

@@ -72,29 +72,44 @@ def check_known_ids(queries: pl.DataFrame, collapse: CollapseTable) -> None:
         )
 
 
-def doc_columns(collapse: CollapseTable, prefix: str) -> pl.DataFrame:
-    """Per-document statistics renamed ``<prefix>_<stat>`` (collapse rates, concentration, cos_nn)."""
-    pairs = collapse.pairs
+def _touching(pairs: pl.DataFrame, doc_ids: list[str], *, both: bool = False) -> pl.DataFrame:
+    """The pair rows with one end (``both``: both ends) in ``doc_ids`` — a mask over the pairs, no join.
+
+    The diagnosis needs the statistics of a few thousand relevant documents and confusers; joining
+    the whole N·k pair table by string ids to get them cost 0.2-0.3 GiB per step at N = 100,000.
+    """
+    named = pl.Series(doc_ids, dtype=pl.String).unique()
+    in_a, in_b = pl.col("doc_a").is_in(named), pl.col("doc_b").is_in(named)
+    return pairs.filter(in_a & in_b if both else in_a | in_b)
+
+
+def doc_columns(collapse: CollapseTable, prefix: str, doc_ids: list[str]) -> pl.DataFrame:
+    """Per-document statistics of ``doc_ids`` renamed ``<prefix>_<stat>`` (collapse rates, concentration, cos_nn).
+
+    cos_nn = the largest mean-pooled cosine over the pairs the document is in (either end).
+    """
+    pairs = _touching(collapse.pairs, doc_ids)
     ends = pl.concat([
         pairs.select(pl.col("doc_a").alias("doc_id"), "cos"),
         pairs.select(pl.col("doc_b").alias("doc_id"), "cos"),
     ])
     nearest = ends.group_by("doc_id").agg(pl.col("cos").max().alias("cos_nn"))
     present = [c for c in DOC_STATS if c in collapse.docs.columns]
-    table = collapse.docs.select("doc_id", *present).join(nearest, on="doc_id", how="left")
-    table = table.join(_collapse_index(collapse), on="doc_id", how="left")
+    wanted = pl.col("doc_id").is_in(pl.Series(doc_ids, dtype=pl.String).unique())
+    table = collapse.docs.filter(wanted).select("doc_id", *present).join(nearest, on="doc_id", how="left")
+    table = table.join(_collapse_index(collapse.docs, pairs), on="doc_id", how="left")
     return table.rename({c: f"{prefix}_{c}" for c in table.columns})
 
 
-def _collapse_index(collapse: CollapseTable) -> pl.DataFrame:
+def _collapse_index(docs: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     """Per document: mean over its pairs (as ``doc_a``) of d_Σ / ((c_a + c_b)/4), the normalised collapse index.
 
     BW² ≤ c_a + c_b (science.md §4), so the index lies in [0, 1] and, unlike the raw rate, does not
     simply grow with concentration. Pairs whose two concentrations are both zero are left out.
     """
-    concentration = collapse.docs.select("doc_id", "concentration")
+    concentration = docs.select("doc_id", "concentration")
     pairs = (
-        collapse.pairs.select("doc_a", "doc_b", "d_sigma")
+        pairs.select("doc_a", "doc_b", "d_sigma")
         .join(concentration.rename({"doc_id": "doc_a", "concentration": "c_a"}), on="doc_a", how="left")
         .join(concentration.rename({"doc_id": "doc_b", "concentration": "c_b"}), on="doc_b", how="left")
         .with_columns(((pl.col("c_a") + pl.col("c_b")) / 4.0).alias("bound"))
@@ -114,8 +129,16 @@ def _ordered_pair(first: str, second: str) -> list[pl.Expr]:
 
 
 def _pair_lookup(failures: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
-    """Attach d_mu, d_sigma, socm, cos from the pair table (either order); pair_source says where from."""
-    table = pairs.select(*_ordered_pair("doc_a", "doc_b"), *PAIR_STATS).unique(["key_a", "key_b"], keep="first")
+    """Attach d_mu, d_sigma, socm, cos from the pair table (either order); pair_source says where from.
+
+    Only pairs whose two ends are failure documents can match, so the table is cut to those first.
+    """
+    named = failures["relevant_id"].to_list() + failures["confuser_id"].drop_nulls().to_list()
+    table = (
+        _touching(pairs, named, both=True)
+        .select(*_ordered_pair("doc_a", "doc_b"), *PAIR_STATS)
+        .unique(["key_a", "key_b"], keep="first", maintain_order=True)
+    )
     return (
         failures.with_columns(*_ordered_pair("relevant_id", "confuser_id"))
         .join(table, on=["key_a", "key_b"], how="left")
@@ -191,7 +214,8 @@ def failure_table(
     """
     failures = queries.filter(pl.col("failed")).drop("failed")
     failures = _compute_missing_pairs(_pair_lookup(failures, collapse.pairs), collapse, store)
-    failures = failures.join(doc_columns(collapse, "confuser"), left_on="confuser_id",
+    confusers = failures["confuser_id"].drop_nulls().to_list()
+    failures = failures.join(doc_columns(collapse, "confuser", confusers), left_on="confuser_id",
                              right_on="confuser_doc_id", how="left")
     corpus_socm = np.sort(collapse.pairs["socm"].drop_nulls().to_numpy().astype(np.float64))
     pair_values = failures["socm"].to_numpy().astype(np.float64)

@@ -82,9 +82,13 @@ def first_relevant_rank(run: Run, qrels: Qrels, query_id: str) -> int | None:
     return next((rank for rank, doc in enumerate(ranking.doc_ids, start=1) if doc in relevant), None)
 
 
-def k_occurrence(pairs: pl.DataFrame) -> dict[str, int]:
-    """N_k of every document of a kNN pair table: how many documents list it among their neighbours."""
-    counts = pairs.group_by("doc_b").len()
+def k_occurrence(pairs: pl.DataFrame, doc_ids: list[str]) -> dict[str, int]:
+    """N_k of each of ``doc_ids`` in a kNN pair table: how many documents list it among their neighbours.
+
+    Documents no one lists are absent (N_k = 0).
+    """
+    named = pl.Series(doc_ids, dtype=pl.String).unique()
+    counts = pairs.filter(pl.col("doc_b").is_in(named)).group_by("doc_b").len()
     return dict(zip(counts["doc_b"].to_list(), counts["len"].to_list(), strict=True))
 
 

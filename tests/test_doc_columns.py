@@ -57,7 +57,8 @@ def test_doc_columns_of_a_subset_equal_a_loop_over_every_pair(seed, n_docs, k, d
     for doc_id in set(wanted):
         expected = _reference(collapse, doc_id)
         for stat, value in expected.items():
-            # one float64 division and a mean of at most n_docs·k terms: relative error ≤ (n_docs·k + 2)·2⁻⁵³
+            # each side: a float64 division and a mean of at most n_docs·k positive terms, so within
+            # (n_docs·k + 2)·u of the exact value (u = 2⁻⁵³); the two sides within twice that
             if value is None:
                 assert got[doc_id][f"x_{stat}"] is None
             else:

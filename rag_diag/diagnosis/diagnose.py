@@ -153,8 +153,7 @@ def diagnose(
     table = query_table(evaluation, strategy)
     check_known_ids(table, collapse)
     relevant = doc_columns(collapse, "relevant", table["relevant_id"].to_list())
-    table = table.join(relevant, left_on="relevant_id", right_on="relevant_doc_id",
-                       how="left")
+    table = table.join(relevant, left_on="relevant_id", right_on="relevant_doc_id", how="left")
     socm_values = collapse.pairs["socm"].drop_nulls().to_numpy().astype(np.float64)
     threshold = float(np.quantile(socm_values, HIGH_SOCM_QUANTILE)) if len(socm_values) else float("inf")
     store = token_store or _open_token_store(collapse)

@@ -72,13 +72,12 @@ def check_known_ids(queries: pl.DataFrame, collapse: CollapseTable) -> None:
         )
 
 
-def _touching(pairs: pl.DataFrame, doc_ids: list[str], *, both: bool = False) -> pl.DataFrame:
-    """The pair rows with one end (``both``: both ends) in ``doc_ids`` — a mask over the pairs, no join.
+def _touching(pairs: pl.DataFrame, named: pl.Series, *, both: bool = False) -> pl.DataFrame:
+    """The pair rows with one end (``both``: both ends) in ``named`` — a mask over the pairs, no join.
 
     The diagnosis needs the statistics of a few thousand relevant documents and confusers; joining
     the whole N·k pair table by string ids to get them cost 0.2-0.3 GiB per step at N = 100,000.
     """
-    named = pl.Series(doc_ids, dtype=pl.String).unique()
     in_a, in_b = pl.col("doc_a").is_in(named), pl.col("doc_b").is_in(named)
     return pairs.filter(in_a & in_b if both else in_a | in_b)
 
@@ -88,16 +87,20 @@ def doc_columns(collapse: CollapseTable, prefix: str, doc_ids: list[str]) -> pl.
 
     cos_nn = the largest mean-pooled cosine over the pairs the document is in (either end).
     """
-    pairs = _touching(collapse.pairs, doc_ids)
+    named = pl.Series(doc_ids, dtype=pl.String).unique()
+    pairs = _touching(collapse.pairs, named)
     ends = pl.concat([
         pairs.select(pl.col("doc_a").alias("doc_id"), "cos"),
         pairs.select(pl.col("doc_b").alias("doc_id"), "cos"),
     ])
     nearest = ends.group_by("doc_id").agg(pl.col("cos").max().alias("cos_nn"))
     present = [c for c in DOC_STATS if c in collapse.docs.columns]
-    wanted = pl.col("doc_id").is_in(pl.Series(doc_ids, dtype=pl.String).unique())
-    table = collapse.docs.filter(wanted).select("doc_id", *present).join(nearest, on="doc_id", how="left")
-    table = table.join(_collapse_index(collapse.docs, pairs), on="doc_id", how="left")
+    table = (
+        collapse.docs.filter(pl.col("doc_id").is_in(named))
+        .select("doc_id", *present)
+        .join(nearest, on="doc_id", how="left")
+        .join(_collapse_index(collapse.docs, pairs), on="doc_id", how="left")
+    )
     return table.rename({c: f"{prefix}_{c}" for c in table.columns})
 
 
@@ -133,7 +136,7 @@ def _pair_lookup(failures: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
 
     Only pairs whose two ends are failure documents can match, so the table is cut to those first.
     """
-    named = failures["relevant_id"].to_list() + failures["confuser_id"].drop_nulls().to_list()
+    named = pl.concat([failures["relevant_id"], failures["confuser_id"].drop_nulls()]).unique()
     table = (
         _touching(pairs, named, both=True)
         .select(*_ordered_pair("doc_a", "doc_b"), *PAIR_STATS)

@@ -24,7 +24,7 @@ mean rate lie between the means of the two ends. The reported symmetric bound is
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import progress_bar, release_heap
 from rag_diag.tokens.extract import encode_texts
+from rag_diag.tokens.store import TokenStore
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ def _fill(target: CovarianceSummary, start: int, part: CovarianceSummary) -> Non
 def stream_summaries(
     texts: Sequence[str], ids: Sequence[str], encoder: Encoder, rank: int, *, shard_docs: int,
     dtype: str = "float32", batch_size: int = 32, show_progress: bool = False,
+    keep: Callable[[TokenStore, int], None] | None = None,
 ) -> StreamedSummaries:
-    """Encode ``texts`` shard by shard into temporary stores and keep only their rank-r summaries."""
+    """Encode ``texts`` shard by shard into temporary stores and keep only their rank-r summaries (and whatever
+    ``keep(shard_store, first_row)`` copies out of each store before it is deleted)."""
     if shard_docs < 1:
         raise RagDiagError(f"shard size must be at least 1 document, got {shard_docs}")
     summary = _allocate(len(texts), rank, encoder.dim)
@@ -88,6 +91,9 @@ def stream_summaries(
             store = encode_texts(list(texts[start:stop]), model=encoder, ids=list(ids[start:stop]), dtype=dtype,
                                  batch_size=batch_size, cache=False, out=Path(tmp) / f"shard-{number}")
             release_heap()  # the forward passes' freed activations, before the summaries' chunks are allocated
+            if keep is not None:
+                keep(store, start)
+                store.release_pages()
             _fill(summary, start, covariance_summary(store, rank))
             lengths[start:stop] = store.full_lengths
             window, n_shards = int(store.window), number + 1
@@ -102,13 +108,14 @@ def stream_summaries(
 def build_summaries(
     texts: Sequence[str], ids: Sequence[str], encoder: Encoder, rank: int, *, shard_docs: int,
     full_lengths: np.ndarray | None = None, engine: str = "local", address: str | None = None,
-    model: str | None = None,
+    model: str | None = None, keep: Callable[[TokenStore, int], None] | None = None,
 ) -> StreamedSummaries:
     """The corpus's rank-r summaries, in shards here (``local``) or by Ray actors (``ray``, at ``address`` or on a
     local instance, each loading ``model`` — a registry name travels better than a loaded encoder). Ray gives
-    no untruncated lengths: pass the tokeniser's (``full_lengths``)."""
+    no untruncated lengths: pass the tokeniser's (``full_lengths``). ``keep``: as for :func:`stream_summaries`
+    (local only)."""
     if engine == "local":
-        return stream_summaries(texts, ids, encoder, rank, shard_docs=shard_docs, show_progress=True)
+        return stream_summaries(texts, ids, encoder, rank, shard_docs=shard_docs, show_progress=True, keep=keep)
     if engine != "ray":
         raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
     if full_lengths is None:

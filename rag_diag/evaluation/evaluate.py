@@ -28,6 +28,7 @@ from rag_diag.evaluation.significance import compare_to_baseline
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
 from rag_diag.pooling import get_strategy, index_vectors, pool_store
+from rag_diag.progress import release_heap
 from rag_diag.retrieval.bundle import IndexBundle, check_encoder
 from rag_diag.retrieval.index import search
 from rag_diag.retrieval.rerank import RerankConfig, parse_rerankers, rerank_scores
@@ -206,6 +207,7 @@ def collect_runs(
                     tuned = replace(config, alpha=alpha)
                     runs[f"rerank-{name}@{alpha:g}"] = rerank(name, runs[BASELINE], query_store, doc_store, tuned)
             doc_store.release_pages()  # the candidates' token pages: read again if needed, not held
+            release_heap()  # and the re-ranker's freed buffers (200 queries, 10,000 documents: +0.5 GiB kept)
     return runs
 
 

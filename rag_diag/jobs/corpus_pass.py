@@ -6,12 +6,16 @@
   runs on them with its per-pair error bound reported; the evaluation gets a token store of just the
   documents it reads — the first stage's top re-ranking depth for every query, and the relevant
   documents — on which the diagnosis also computes the exact SOCM of every failure pair that is not a
-  kNN pair. Windowed candidates (which re-encode every document) are left out in this mode.
+  kNN pair. Windowed candidates (which re-encode every document) are left out in this mode. When those
+  documents are known before the pass (:func:`evaluation_rows`: the first stage is the store's own index), the
+  pass keeps their token rows out of the shards it encodes (:mod:`rag_diag.tokens.subset`) rather than
+  encoding them a second time.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +29,9 @@ from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
 from rag_diag.retrieval.rerank import RerankConfig
 from rag_diag.stores.stored import StoredIndex
-from rag_diag.tokens.extract import encode_texts
+from rag_diag.tokens.extract import encode_texts, parse_layers
 from rag_diag.tokens.store import TokenStore
+from rag_diag.tokens.subset import SubsetWriter, kept_store
 
 
 @dataclass
@@ -41,6 +46,8 @@ class CorpusPass:
     tokens: TokenStore | None
     error_bound: dict[str, Any] | None
     timings: dict[str, Any] = field(default_factory=dict)
+    kept: TokenStore | None = None
+    """Summaries mode: the store of the ``keep_rows`` texts the pass was given, kept from its shards."""
 
     def unit_means(self) -> np.ndarray:
         """Every document's L2-normalised mean vector (read from the token store only when asked: the
@@ -68,11 +75,12 @@ class Engine:
 
 
 def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, engine: Engine | None = None,
-             full_lengths: np.ndarray | None = None) -> CorpusPass:
+             full_lengths: np.ndarray | None = None, keep_rows: np.ndarray | None = None) -> CorpusPass:
     """Encode the stored texts as ``plan`` says and run kNN collapse with ``k`` neighbours per document.
 
     With the Ray engine the summaries come from :func:`rag_diag.collapse.ray_engine.ray_summaries` and the
-    untruncated lengths from ``full_lengths`` (the tokeniser's, from the estimate)."""
+    untruncated lengths from ``full_lengths`` (the tokeniser's, from the estimate). In summaries mode on the
+    local engine, the token rows of the texts ``keep_rows`` are kept as they are encoded (``CorpusPass.kept``)."""
     started = time.perf_counter()
     if plan.mode == "token-store":
         tokens = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
@@ -84,15 +92,34 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
         return CorpusPass(plan, knn, None, np.asarray(tokens.full_lengths), int(tokens.window), tokens, None, timings)
     assert plan.rank is not None and plan.shard_docs is not None
     engine = engine or Engine()
-    streamed = build_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,
-                               full_lengths=full_lengths, engine=engine.name, address=engine.address,
-                               model=engine.model)
+    keeping: AbstractContextManager[tuple[SubsetWriter | None, list[TokenStore]]] = nullcontext((None, []))
+    if keep_rows is not None and engine.name == "local":
+        keeping = kept_store(encoder, stored.doc_ids, stored.texts, keep_rows, parse_layers("last", encoder.num_layers))
+    with keeping as (writer, kept):
+        streamed = build_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,
+                                   full_lengths=full_lengths, engine=engine.name, address=engine.address,
+                                   model=engine.model, keep=None if writer is None else writer.take)
     timings = {"encode_seconds": time.perf_counter() - started, "encode_cache_hit": False,
                "n_shards": streamed.n_shards, "engine": engine.name}
+    if kept:
+        timings["evaluation_documents_kept"] = len(kept[0])
     started = time.perf_counter()
     knn, bound = collapse_from_summaries(streamed.summary, k, plan.rank, plan.token_rows)
     timings["knn_collapse_seconds"] = time.perf_counter() - started
-    return CorpusPass(plan, knn, streamed.summary.means, streamed.full_lengths, streamed.window, None, bound, timings)
+    return CorpusPass(plan, knn, streamed.summary.means, streamed.full_lengths, streamed.window, None, bound, timings,
+                      kept[0] if kept else None)
+
+
+def evaluation_rows(bundle: IndexBundle, stored: StoredIndex, queries: Queries, qrels: Qrels, encoder: Encoder,
+                    config: RerankConfig | None = None) -> np.ndarray:
+    """Rows of the stored texts the evaluation reads (sorted): the top ``config.depth`` of the re-rankers' first
+    stage (the bundle's ``mean`` index) for some query, and every document relevant to one."""
+    config = config or RerankConfig()
+    query_store = encode_texts(queries.texts, model=encoder, ids=queries.ids)
+    first_stage = retrieve(bundle, BASELINE, query_store, config.depth, "cpu")
+    needed = {doc_id for ranking in first_stage.values() for doc_id in ranking.doc_ids[: config.depth]}
+    needed |= {doc_id for query_id in qrels.judgements for doc_id in qrels.relevant(query_id)}
+    return np.array([row for row, doc_id in enumerate(stored.doc_ids) if doc_id in needed], dtype=np.int64)
 
 
 def evaluation_store(
@@ -104,12 +131,7 @@ def evaluation_store(
     relevant to one (their count goes into ``timings``)."""
     if whole is not None:
         return whole
-    config = config or RerankConfig()
-    query_store = encode_texts(queries.texts, model=encoder, ids=queries.ids)
-    first_stage = retrieve(bundle, BASELINE, query_store, config.depth, "cpu")
-    needed = {doc_id for ranking in first_stage.values() for doc_id in ranking.doc_ids[: config.depth]}
-    needed |= {doc_id for query_id in qrels.judgements for doc_id in qrels.relevant(query_id)}
-    rows = sorted(row for row, doc_id in enumerate(stored.doc_ids) if doc_id in needed)
+    rows = evaluation_rows(bundle, stored, queries, qrels, encoder, config).tolist()
     tokens = encode_texts([stored.texts[r] for r in rows], model=encoder, ids=[stored.doc_ids[r] for r in rows],
                           show_progress=True)
     timings["evaluation_documents_encoded"] = len(rows)

@@ -93,7 +93,7 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
     assert plan.rank is not None and plan.shard_docs is not None
     engine = engine or Engine()
     keeping: AbstractContextManager[tuple[SubsetWriter | None, list[TokenStore]]] = nullcontext((None, []))
-    if keep_rows is not None and engine.name == "local":
+    if keep_rows is not None and len(keep_rows) and engine.name == "local":
         keeping = kept_store(encoder, stored.doc_ids, stored.texts, keep_rows, parse_layers("last", encoder.num_layers))
     with keeping as (writer, kept):
         streamed = build_summaries(stored.texts, stored.doc_ids, encoder, plan.rank, shard_docs=plan.shard_docs,

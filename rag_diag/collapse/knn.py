@@ -341,6 +341,7 @@ def knn_collapse(
                 stats_parts.append(TextStats(stats.n_tokens[own], stats.trace[own], stats.concentration[own]))
             local_a = inverse[: len(queries)][doc_a[rows] - queries[0]]
             parts.append(fast_pairs(bank, local_a, inverse[len(queries) :]))
+            del bank  # else it lives on while the next chunk's bank is built: two banks at the peak
             if store is not None:
                 store.release_pages()  # the chunk's rows are in the bank: RSS stays at one chunk
             if summary is not None:

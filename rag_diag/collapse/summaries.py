@@ -176,9 +176,8 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 of the ≈ 1 GiB that Python, torch and the model take."""
 STORE_SHARE, SHARD_SHARE, BANK_SHARE = 0.5, 0.1, 0.05
 """Shares of the budget for a whole token store, for one shard's token store and for the float64 bank of token
-rows kNN collapse holds at once (its pair kernel's temporaries and the heap they fragment come on top: measured on
-100,000 rank-32 summaries, the collapse step's RSS rose 0.40 GiB over its start with a 0.1 share, 0.25 GiB with
-0.05)."""
+rows kNN collapse holds at once (its pair kernel's temporaries come on top). With 0.05 rather than 0.1, and one
+bank alive at a time, the 100,000-document audit's peak fell from 2.24 to 2.06 GiB (``bench_scale.txt``)."""
 MAX_RANK = 32
 """The summaries' rank unless ``--max-store`` caps their disk. Measured on 3,000 ``kb-scale`` documents (67 tokens
 on average, all-MiniLM-L6-v2, k = 10): the mean collapse rate is 0.605 exact, 0.283 at rank 3, 0.567 at 16 and

@@ -557,7 +557,7 @@ def test_all_pairs_sample_is_seeded_and_complete(mock_store):
 
 
 def test_thread_count_changes_only_rounding(mock_store):
-    """torch at 1 and 2 threads (2 threads also splits the batched eigvalsh over a thread pool)."""
+    """torch at 1 and 2 threads."""
     previous = torch.get_num_threads()
     try:
         runs = {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_collapse import (
     EPS32,
     EPS64,
@@ -22,7 +24,7 @@ from test_collapse import (
 )
 
 from rag_diag.collapse.allpairs import all_pairs
-from rag_diag.collapse.knn import covariance_summary, knn_collapse, knn_neighbours
+from rag_diag.collapse.knn import _length_chunks, covariance_summary, knn_collapse, knn_neighbours
 from rag_diag.collapse.layers import layer_profile
 from rag_diag.collapse.socm import pair_socm
 from rag_diag.errors import RagDiagError
@@ -265,3 +267,21 @@ def test_covariance_summary_does_not_depend_on_its_chunking(mock_store):
     atol = 2 * rank * width * EPS64 * tr
     assert np.all(np.abs(single.traces - whole.traces) <= atol)
     assert np.all(np.abs(single.tail - whole.tail) <= atol)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=80), chunk_docs=st.integers(1, 40),
+       chunk_bytes=st.integers(1, 2**24))
+def test_length_chunks_partition_the_documents_within_budget(lengths, chunk_docs, chunk_bytes):
+    """Every document in exactly one chunk, chunks in order of length, each within ``chunk_docs`` and, unless it
+    is a single document, within ``chunk_bytes`` of padded float64 tokens, Gram and eigenvectors."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    dim = 16
+    chunks = _length_chunks(lengths, dim, chunk_docs, chunk_bytes)
+    np.testing.assert_array_equal(np.sort(np.concatenate(chunks)), np.arange(len(lengths)))
+    ordered = np.concatenate([lengths[chunk] for chunk in chunks])
+    assert np.all(np.diff(ordered) >= 0)
+    for chunk in chunks:
+        width = int(lengths[chunk].max())
+        assert len(chunk) <= chunk_docs
+        assert len(chunk) == 1 or 8 * len(chunk) * width * (dim + 2 * width) <= chunk_bytes

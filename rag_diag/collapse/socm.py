@@ -34,7 +34,6 @@ another text BW²(0, Σ2) = tr Σ2 exactly, so d_Σ = tr Σ2 / 4. Both providers
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -222,16 +221,14 @@ larger Grams are therefore solved on the CPU (0.8 s for the same batch at 32×32
 
 
 def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
-    """Batched symmetric eigenvalues; on CPU the batch is split over threads (LAPACK runs one matrix per call)."""
-    if gram.device.type == "cuda":
-        if gram.shape[-1] <= CUDA_BATCHED_EIGH_MAX:
-            return torch.linalg.eigvalsh(gram)
-        return _eigvalsh(gram.cpu()).to(gram.device)
-    threads = torch.get_num_threads()
-    if threads < 2 or len(gram) < 4 * threads:
-        return torch.linalg.eigvalsh(gram)
-    with ThreadPoolExecutor(threads) as pool:
-        return torch.cat(list(pool.map(torch.linalg.eigvalsh, gram.chunk(threads))))
+    """Batched symmetric eigenvalues, one LAPACK call on the CPU.
+
+    The batch used to be split over a thread pool; in each pool thread MKL started an OpenMP team of its own, and
+    on 2 cores the solves of 10,000 documents' kNN collapse took 2.2× as long as one call. Pool threads limited to
+    one OpenMP thread each took 1.15× (``benchmarks/results/bench_eigh_threads.txt``)."""
+    if gram.device.type == "cuda" and gram.shape[-1] > CUDA_BATCHED_EIGH_MAX:
+        return torch.linalg.eigvalsh(gram.cpu()).to(gram.device)
+    return torch.linalg.eigvalsh(gram)
 
 
 def nuclear_norms(cross: torch.Tensor) -> torch.Tensor:

@@ -198,12 +198,13 @@ def main(sizes: list[int]) -> None:
     print(f"\nwhere the audit's time went (s), and the coverage of the 95 % interval of the mean collapse rate from "
           f"{SAMPLE} seeded documents over {SEEDS} seeds")
     print("| documents | encoder pass | kNN collapse | windowed re-encoding | evaluation (all candidates) "
-          "| peak RSS (GiB) before the pass / after it / after the evaluation | coverage |")
+          "| peak RSS (GiB) before the pass / after its encoding / after it / after the evaluation | coverage |")
     print("|---:|---:|---:|---:|---:|---|---:|")
     for n_docs, timings, covered in details:
         print(f"| {n_docs:,} | {timings['encode_seconds']:.0f} | {timings['knn_collapse_seconds']:.0f} | "
               f"{timings.get('windowed_build_seconds', 0.0):.0f} | {timings['evaluation_seconds']:.0f} | "
-              f"{timings['peak_rss_gib_before_pass']:.2f} / {timings['peak_rss_gib_after_pass']:.2f} / "
+              f"{timings['peak_rss_gib_before_pass']:.2f} / {timings['peak_rss_gib_after_encode']:.2f} / "
+              f"{timings['peak_rss_gib_after_pass']:.2f} / "
               f"{timings['peak_rss_gib_after_evaluation']:.2f} | {covered:.3f} |")
     print("\ncommand: .venv/bin/python benchmarks/bench_scale.py " + " ".join(str(n) for n in sizes))
 

@@ -26,6 +26,7 @@ from rag_diag.collapse.summaries import MemoryPlan, build_summaries, collapse_fr
 from rag_diag.corpora.io import Qrels, Queries
 from rag_diag.evaluation.evaluate import BASELINE, retrieve
 from rag_diag.models.protocol import Encoder
+from rag_diag.progress import peak_rss_gib
 from rag_diag.retrieval.bundle import IndexBundle
 from rag_diag.retrieval.rerank import RerankConfig
 from rag_diag.stores.stored import StoredIndex
@@ -85,7 +86,8 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
     if plan.mode == "token-store":
         tokens = encode_texts(stored.texts, model=encoder, ids=stored.doc_ids, show_progress=True)
         timings: dict[str, Any] = {"encode_seconds": time.perf_counter() - started,
-                                   "encode_cache_hit": bool(tokens.report and tokens.report.cache_hit)}
+                                   "encode_cache_hit": bool(tokens.report and tokens.report.cache_hit),
+                                   "peak_rss_gib_after_encode": peak_rss_gib()}
         started = time.perf_counter()
         knn = knn_collapse(tokens, k, token_budget=plan.token_rows, show_progress=True)
         timings["knn_collapse_seconds"] = time.perf_counter() - started
@@ -100,7 +102,7 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
                                    full_lengths=full_lengths, engine=engine.name, address=engine.address,
                                    model=engine.model, keep=None if writer is None else writer.take)
     timings = {"encode_seconds": time.perf_counter() - started, "encode_cache_hit": False,
-               "n_shards": streamed.n_shards, "engine": engine.name}
+               "n_shards": streamed.n_shards, "engine": engine.name, "peak_rss_gib_after_encode": peak_rss_gib()}
     if kept:
         timings["evaluation_documents_kept"] = len(kept[0])
     started = time.perf_counter()

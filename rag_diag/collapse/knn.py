@@ -360,6 +360,7 @@ def knn_collapse(
                 store.release_pages()  # the chunk's rows are in the bank: RSS stays at one chunk
             if summary is not None:
                 summary.release_pages()
+            release_heap()  # freed chunk buffers piled up after a sharded pass: +0.47 → +0.18 GiB (bench_knn_heap.py)
             advance(len(queries))
     pairs = PairStats.concat(parts).take(np.cumsum(computed)[source] - 1)
     text_stats = summary.text_stats if summary is not None else TextStats(

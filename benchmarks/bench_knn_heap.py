@@ -17,9 +17,12 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,6 +40,7 @@ from rag_diag.progress import release_heap  # noqa: E402
 from rag_diag.tokens.estimate import estimate_encode  # noqa: E402
 
 K = 10
+Arm = TypeVar("Arm")
 
 
 class PeakSampler:
@@ -61,9 +65,24 @@ class PeakSampler:
             time.sleep(0.02)
 
 
-def main(n_docs: int) -> None:
-    import tempfile
+def alternate(
+    arms: Sequence[Arm], label: Callable[[Arm], str], work: Callable[[Arm], np.ndarray],
+) -> dict[Arm, np.ndarray]:
+    """``work(arm)`` for each arm in turn, twice over, in this process; one table row per run: its label, wall time,
+    peak RSS above the start and RSS at the start. Returns each arm's last result."""
+    sampler = PeakSampler()
+    results: dict[Arm, np.ndarray] = {}
+    for run, arm in enumerate(list(arms) * 2, start=1):
+        start = sampler.reset()
+        began = time.perf_counter()
+        results[arm] = work(arm)
+        seconds = time.perf_counter() - began
+        print(f"| {run} | {label(arm)} | {seconds:.1f} | {sampler.peak - start:.3f} | {start:.3f} |", flush=True)
+        release_heap()
+    return results
 
+
+def main(n_docs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="rag-diag-bench-") as tmp:
         docs = load_corpus(build_corpus(n_docs, Path(tmp)))
     encoder = load_encoder("minilm")
@@ -78,19 +97,13 @@ def main(n_docs: int) -> None:
           f"{plan.token_rows:,} token rows per chunk")
     print("| run | heap trimmed each chunk | wall (s) | peak RSS above the start (GiB) | RSS at the start (GiB) |")
     print("|---:|---|---:|---:|---:|")
-    sampler, shipped = PeakSampler(), knn.release_heap
-    rates: dict[bool, np.ndarray] = {}
-    for run, trimmed in enumerate((False, True, False, True), start=1):
+    shipped = knn.release_heap
+
+    def collapse(trimmed: bool) -> np.ndarray:
         knn.release_heap = shipped if trimmed else (lambda: False)
-        start = sampler.reset()
-        began = time.perf_counter()
-        found = knn.knn_collapse(None, K, summary=streamed.summary, token_budget=plan.token_rows)
-        seconds = time.perf_counter() - began
-        print(f"| {run} | {'yes' if trimmed else 'no'} | {seconds:.1f} | {sampler.peak - start:.3f} | {start:.3f} |",
-              flush=True)
-        rates[trimmed] = found.collapse_mean
-        del found
-        release_heap()
+        return knn.knn_collapse(None, K, summary=streamed.summary, token_budget=plan.token_rows).collapse_mean
+
+    rates = alternate((False, True), lambda trimmed: "yes" if trimmed else "no", collapse)
     knn.release_heap = shipped
     print(f"\nlargest difference of the collapse rates, trimmed vs not: {np.abs(rates[True] - rates[False]).max():.1e}")
     print(f"command: python benchmarks/bench_knn_heap.py {n_docs}")

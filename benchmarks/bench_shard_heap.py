@@ -4,10 +4,10 @@ In the 100,000-document audit, RSS swung between about 1.1 and 1.7 GiB while the
 (``results/bench_scale_rss_100000.tsv``). A shard's encode writes its token matrices and, every
 ``rag_diag.tokens.extract.RELEASE_BYTES`` of them, drops the written pages and returns the freed heap
 (``malloc_trim``); between two such points the forward passes' freed activations stay in the heap. This benchmark
-encodes the first N texts of the real ``kb-scale`` knowledge base in the audit's shards and reduces them to rank-32
-summaries (:func:`rag_diag.collapse.summaries.stream_summaries`, shards sized by the audit's plan), alternately with
-64 and 16 MiB, twice each, in one process, and prints each run's wall time and peak RSS above its start (``VmRSS``
-every 20 ms), and the largest difference of the summaries' traces between the two settings.
+encodes the first N texts of the real 10,000-document ``kb-scale`` knowledge base in the audit's shards and reduces
+them to rank-32 summaries (:func:`rag_diag.collapse.summaries.stream_summaries`, shards sized by the audit's plan),
+alternately with 64 and 16 MiB, twice each, in one process, and prints each run's wall time and peak RSS above its
+start (``VmRSS`` every 20 ms), and the largest difference of the summaries' traces between the two settings.
 
     python benchmarks/bench_shard_heap.py [N]      # default 4132 (two shards)
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,14 +25,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_knn_heap import PeakSampler  # noqa: E402
+from bench_knn_heap import alternate  # noqa: E402
 from bench_scale import build_corpus  # noqa: E402
 
 import rag_diag.tokens.extract as extract  # noqa: E402
 from rag_diag.collapse.summaries import plan_memory, stream_summaries  # noqa: E402
 from rag_diag.corpora.io import load_corpus  # noqa: E402
 from rag_diag.models.loading import load_encoder  # noqa: E402
-from rag_diag.progress import release_heap  # noqa: E402
 from rag_diag.tokens.estimate import estimate_encode  # noqa: E402
 
 
@@ -49,18 +47,13 @@ def main(n_docs: int) -> None:
           f"{plan.shard_docs:,} ({estimate.n_tokens:,} tokens)")
     print("| run | heap returned every | wall (s) | peak RSS above the start (GiB) | RSS at the start (GiB) |")
     print("|---:|---:|---:|---:|---:|")
-    sampler, shipped = PeakSampler(), extract.RELEASE_BYTES
-    traces: dict[int, np.ndarray] = {}
-    for run, mebibytes in enumerate((64, 16, 64, 16), start=1):
+    shipped = extract.RELEASE_BYTES
+
+    def summarise(mebibytes: int) -> np.ndarray:
         extract.RELEASE_BYTES = mebibytes << 20
-        start = sampler.reset()
-        began = time.perf_counter()
-        streamed = stream_summaries(texts, ids, encoder, plan.rank, shard_docs=plan.shard_docs)
-        seconds = time.perf_counter() - began
-        print(f"| {run} | {mebibytes} MiB | {seconds:.1f} | {sampler.peak - start:.3f} | {start:.3f} |", flush=True)
-        traces[mebibytes] = streamed.summary.traces
-        del streamed
-        release_heap()
+        return stream_summaries(texts, ids, encoder, plan.rank, shard_docs=plan.shard_docs).summary.traces
+
+    traces = alternate((64, 16), lambda mebibytes: f"{mebibytes} MiB", summarise)
     extract.RELEASE_BYTES = shipped
     print(f"\nlargest difference of the summaries' traces, 64 vs 16 MiB: {np.abs(traces[64] - traces[16]).max():.1e}")
     print(f"command: python benchmarks/bench_shard_heap.py {n_docs}")

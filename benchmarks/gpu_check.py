@@ -43,15 +43,11 @@ def _check_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def prepare(folder: Path) -> None:
-    """Model copy with float16 weights, texts and CPU references."""
+def copy_half_model(folder: Path) -> None:
+    """A fresh ``folder/model``: all-MiniLM-L6-v2 with float16-stored weights (loaded back as float32)."""
     from safetensors.torch import load_file, save_file
 
-    from rag_diag.collapse.allpairs import all_pairs
-    from rag_diag.collapse.socm import pair_socm
-    from rag_diag.corpora.wiki import wiki_sentences
     from rag_diag.models.registry import minilm_path
-    from rag_diag.tokens.extract import encode_texts
 
     model_dir = folder / "model"
     shutil.rmtree(folder, ignore_errors=True)
@@ -59,6 +55,16 @@ def prepare(folder: Path) -> None:
     weights = load_file(str(model_dir / "model.safetensors"))
     half = {name: tensor.half() for name, tensor in weights.items()}
     save_file(half, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def prepare(folder: Path) -> None:
+    """Model copy with float16 weights, texts and CPU references."""
+    from rag_diag.collapse.allpairs import all_pairs
+    from rag_diag.collapse.socm import pair_socm
+    from rag_diag.corpora.wiki import wiki_sentences
+    from rag_diag.tokens.extract import encode_texts
+
+    copy_half_model(folder)
     texts = wiki_sentences(N_TEXTS, seed=0)
     (folder / "texts.json").write_text(json.dumps(texts))
     with tempfile.TemporaryDirectory() as tmp:

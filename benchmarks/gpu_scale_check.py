@@ -1,12 +1,22 @@
-"""The 100k audit's GPU paths: encode and kNN collapse on CUDA, the kNN index with faiss-gpu.
+"""The 100k audit's GPU paths: encode and kNN collapse on CUDA, the kNN graph with faiss-gpu.
 
 Prepare here (CPU): ``python benchmarks/gpu_scale_check.py prepare .gpu-scale [N]`` writes the model with
-float16-stored weights (``gpu_check.prepare``'s copy), ``texts.jsonl.gz`` (N kb-scale texts, default 100,000)
-and ``reference.npz``: CPU means, exact kNN neighbours and SOCM of a seeded 1,000-document sample.
-Run there (carry ``.gpu-scale``; faiss-gpu installed in parts): ``python benchmarks/gpu_scale_check.py check
-.gpu-scale`` prints, for the whole corpus, encode time on CUDA, kNN collapse time on CUDA (exact token
-matrices, float32 products), the faiss-gpu flat index build and search time, and the agreement of each with
-the CPU reference on the sample.
+float16-stored weights (``gpu_check.copy_half_model``), ``texts.jsonl.gz`` (N kb-scale texts, default 100,000)
+and ``reference.npz``: for a seeded sample of 1,000 texts, their CPU means and the CPU SOCM of each with the
+next sampled text (float64).
+Run there (carry ``.gpu-scale``; faiss-gpu and its CUDA 12 libraries installed, see ``gpu_scale_check.sh``):
+``python benchmarks/gpu_scale_check.py check .gpu-scale`` prints, for the whole corpus:
+
+- encode on CUDA: time, store size, and agreement with the CPU means and SOCM of the sample (end to end);
+- the kNN graph (every document's k+1 nearest means, exact inner product) with faiss-gpu and with faiss on
+  the machine's CPU cores: time of each and how many neighbour lists agree;
+- a flat index built by ``build_faiss(..., device="cuda")`` (what ``rag-diag index --device cuda`` runs);
+- kNN collapse on CUDA (exact token matrices, float32 products): time, and its SOCM against float64 on the
+  CPU for the sample's pairs on the same tokens;
+- peak GPU memory.
+
+``check DIR cpu`` runs the same on the CPU (a smoke test of this script at small N); ``check DIR DEVICE N`` runs
+on the first N texts only (their part of the sample).
 """
 
 from __future__ import annotations
@@ -31,16 +41,15 @@ SAMPLE, K = 1000, 10
 
 
 def prepare(folder: Path, n_docs: int = 100_000) -> None:
-    """Model copy, texts and CPU references (means, neighbours and SOCM of a seeded sample)."""
+    """Model copy, texts and CPU references for a seeded sample (means; SOCM of each with the next)."""
     import gpu_check
 
-    from rag_diag.collapse.knn import knn_neighbours
     from rag_diag.collapse.socm import pair_socm
     from rag_diag.corpora.io import load_corpus
     from rag_diag.sampling import seeded_sample
     from rag_diag.tokens.extract import encode_texts
 
-    gpu_check.prepare(folder)  # the float16-weight model (and its small check texts)
+    gpu_check.copy_half_model(folder)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([str(Path(sys.executable).parent / "rag-diag"), "corpora", "build", "kb-scale", "--size",
                         str(n_docs), "--out", f"{tmp}/kb"], check=True, capture_output=True)
@@ -48,68 +57,102 @@ def prepare(folder: Path, n_docs: int = 100_000) -> None:
         with gzip.open(folder / "texts.jsonl.gz", "wt", encoding="utf-8") as handle:
             for doc_id, text in zip(docs.ids, docs.texts, strict=True):
                 handle.write(json.dumps({"id": doc_id, "text": text}) + "\n")
-        encoder = gpu_check._encoder(folder, "cpu")
-        store = encode_texts(docs.texts, model=encoder, ids=docs.ids, out=Path(tmp) / "s", cache=False,
-                             show_progress=True)
-        means = store.means()
         sample = seeded_sample(len(docs), SAMPLE, 0)
-        neighbours = knn_neighbours(means, K)
-        a, b = np.repeat(sample, K), neighbours[sample].reshape(-1)
-        stats = pair_socm(store, a, b)
-        np.savez(folder / "reference.npz", sample=sample, means=means[sample], neighbours=neighbours[sample],
-                 socm=stats.socm)
+        store = encode_texts([docs.texts[i] for i in sample], model=gpu_check._encoder(folder, "cpu"),
+                             out=Path(tmp) / "s", cache=False)
+        rows = np.arange(len(sample))
+        stats = pair_socm(store, rows, np.roll(rows, -1))
+        np.savez(folder / "reference.npz", sample=sample, means=store.means(), socm=stats.socm)
     print(f"prepared {folder}: {len(docs):,} texts")
 
 
-def check(folder: Path) -> None:
-    """The whole corpus on CUDA; agreement with the CPU reference on the sample."""
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _graph(unit: np.ndarray, device: str) -> tuple[np.ndarray, float]:
+    """Every row's K+1 nearest rows by inner product (exact, faiss flat), and the seconds it took."""
+    import faiss
+
+    start = time.perf_counter()
+    if device == "cuda":
+        resources = faiss.StandardGpuResources()  # must outlive the index
+        index = faiss.GpuIndexFlatIP(resources, unit.shape[1])
+        index.add(unit)
+        _, hits = index.search(unit, K + 1)
+    else:
+        _, hits = faiss.knn(unit, unit, K + 1, faiss.METRIC_INNER_PRODUCT)
+    return hits, time.perf_counter() - start
+
+
+def check(folder: Path, device: str = "cuda", n_docs: int | None = None) -> None:
+    """The corpus (its first ``n_docs`` texts if given) on ``device``; agreement with the CPU references."""
     import faiss
     import gpu_check
     import torch
 
     from rag_diag.collapse.knn import knn_collapse
+    from rag_diag.collapse.socm import pair_socm
     from rag_diag.retrieval.index import build_faiss
     from rag_diag.tokens.extract import encode_texts
 
-    assert torch.cuda.is_available(), "no CUDA device"
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, faiss {faiss.__version__} "
-          f"(GPUs seen by faiss: {faiss.get_num_gpus()}), {os.cpu_count()} CPU cores")
+    on_gpu = device == "cuda"
+    if on_gpu:
+        assert torch.cuda.is_available(), "no CUDA device"
+        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, faiss {faiss.__version__} "
+              f"(GPUs seen by faiss: {faiss.get_num_gpus()}), {os.cpu_count()} CPU cores")
     with gzip.open(folder / "texts.jsonl.gz", "rt", encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle]
+    records = records[:n_docs]
     texts, ids = [r["text"] for r in records], [r["id"] for r in records]
     reference = np.load(folder / "reference.npz")
-    sample = reference["sample"]
-    encoder = gpu_check._encoder(folder, "cuda")
+    kept = reference["sample"] < len(texts)
+    sample = reference["sample"][kept]
+    following = np.roll(np.arange(len(kept)), -1)
+    pairs = np.flatnonzero(kept & kept[following])  # reference pairs (sample[i], sample[i + 1]) inside the texts
+    encoder = gpu_check._encoder(folder, device)
     with tempfile.TemporaryDirectory() as tmp:
         encode_texts(texts[:256], model=encoder, out=Path(tmp) / "w", cache=False)  # warm-up
-        torch.cuda.synchronize()
+        _synchronize(device)
         start = time.perf_counter()
         store = encode_texts(texts, model=encoder, ids=ids, out=Path(tmp) / "s", cache=False, batch_size=256)
         seconds = time.perf_counter() - start
+        size = sum(f.stat().st_size for f in (Path(tmp) / "s").rglob("*") if f.is_file())
         means = store.means()
-        print(f"encode on CUDA: {len(texts):,} texts in {seconds:.1f} s; max |mean − CPU mean| on the sample "
-              f"{np.abs(means[sample] - reference['means']).max():.2e}")
-        unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+        socm = pair_socm(store, reference["sample"][pairs], reference["sample"][following[pairs]], device=device).socm
+        print(f"encode on {device}: {len(texts):,} texts ({int(store.lengths.sum()):,} tokens) in {seconds:.1f} s, "
+              f"store {size / 2**30:.2f} GiB; sample vs CPU: max |Δmean| "
+              f"{np.abs(means[sample] - reference['means'][kept]).max():.2e}, max |ΔSOCM| "
+              f"{np.abs(socm - reference['socm'][pairs]).max():.2e} ({len(pairs)} pairs, float64)")
+
+        unit = np.ascontiguousarray(means / np.linalg.norm(means, axis=1, keepdims=True), dtype=np.float32)
+        cpu_hits, cpu_seconds = _graph(unit, "cpu")
+        if on_gpu:
+            gpu_hits, gpu_seconds = _graph(unit, "cuda")
+            same = np.mean([set(g[1:]) == set(c[1:]) for g, c in zip(gpu_hits, cpu_hits, strict=True)])
+            print(f"kNN graph, {len(unit):,} × {K + 1} exact: faiss-gpu {gpu_seconds:.2f} s, faiss on "
+                  f"{os.cpu_count()} CPU cores {cpu_seconds:.2f} s ({cpu_seconds / gpu_seconds:.0f}×); identical "
+                  f"neighbour sets {same:.2%}")
+            start = time.perf_counter()
+            index, _ = build_faiss(unit, "cosine", "flat", device="cuda")
+            print(f"build_faiss flat on cuda: {time.perf_counter() - start:.2f} s, {index.ntotal:,} vectors")
+
+        _synchronize(device)
         start = time.perf_counter()
-        index, _ = build_faiss(unit.astype(np.float32), "cosine", "flat", device="cuda")
-        built = time.perf_counter() - start
-        start = time.perf_counter()
-        _, hits = index.search(unit[sample].astype(np.float32), K + 1)
-        searched = time.perf_counter() - start
-        agree = np.mean([set(h[h != s][:K]) == set(r)
-                         for h, s, r in zip(hits, sample, reference["neighbours"], strict=True)])
-        print(f"faiss-gpu flat index: built in {built:.2f} s, {SAMPLE} searches in {searched:.2f} s; "
-              f"same neighbours as the CPU reference: {agree:.2%}")
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = knn_collapse(store, K, device="cuda", dtype=torch.float32, show_progress=True)
-        torch.cuda.synchronize()
+        result = knn_collapse(store, K, device=device, dtype=torch.float32)
+        _synchronize(device)
         seconds = time.perf_counter() - start
         rows = (sample[:, None] * K + np.arange(K)).reshape(-1)
-        same = result.doc_b[rows] == reference["neighbours"].reshape(-1)
-        error = np.abs(result.pairs.socm[rows][same] - reference["socm"][same]).max()
-        print(f"kNN collapse on CUDA (float32): {len(texts):,} documents × {K} in {seconds:.1f} s; sample pairs "
-              f"with the same neighbour {same.mean():.2%}, max |ΔSOCM| {error:.2e} (float32 vs CPU float64)")
+        exact = pair_socm(store, result.doc_a[rows], result.doc_b[rows]).socm
+        error = np.abs(result.pairs.socm[rows] - exact).max()
+        print(f"kNN collapse on {device} (float32): {len(texts):,} documents × {K} in {seconds:.1f} s "
+              f"(graph: {result.graph['index_type']}, recall@{K} {result.graph['recall_at_k']:.4f}); "
+              f"{len(rows):,} sample pairs vs CPU float64 on the same tokens: max |ΔSOCM| {error:.2e}")
+    if on_gpu:
+        print(f"peak GPU memory (torch): {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":
@@ -117,4 +160,4 @@ if __name__ == "__main__":
     if command == "prepare":
         prepare(target, int(sys.argv[3]) if len(sys.argv) > 3 else 100_000)
     else:
-        check(target)
+        check(target, sys.argv[3] if len(sys.argv) > 3 else "cuda", int(sys.argv[4]) if len(sys.argv) > 4 else None)

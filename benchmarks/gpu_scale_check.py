@@ -129,8 +129,8 @@ def check(folder: Path, device: str = "cuda", n_docs: int | None = None) -> None
               f"{np.abs(socm - reference['socm'][pairs]).max():.2e} ({len(pairs)} pairs, float64)")
 
         unit = np.ascontiguousarray(means / np.linalg.norm(means, axis=1, keepdims=True), dtype=np.float32)
-        cpu_hits, cpu_seconds = _graph(unit, "cpu")
         if on_gpu:
+            cpu_hits, cpu_seconds = _graph(unit, "cpu")
             gpu_hits, gpu_seconds = _graph(unit, "cuda")
             same = np.mean([set(g[1:]) == set(c[1:]) for g, c in zip(gpu_hits, cpu_hits, strict=True)])
             print(f"kNN graph, {len(unit):,} × {K + 1} exact: faiss-gpu {gpu_seconds:.2f} s, faiss on "

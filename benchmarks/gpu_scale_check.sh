@@ -18,9 +18,7 @@ set -euo pipefail
 out=$1 parts=$2 n_docs=${3:-}
 site=/tmp/faiss-gpu-site
 rm -rf "$site" && mkdir -p "$site"
-unxz() { if command -v xz >/dev/null; then xz -dc; else python3 -c 'import lzma, shutil, sys
-shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'; fi; }
-cat "$parts"/part* | unxz | tar xf - -C "$site"
+cat "$parts"/part* | xz -dc | tar xf - -C "$site"  # xz is on the H200 image (seen 2026-11-30)
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 {

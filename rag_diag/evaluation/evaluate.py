@@ -36,6 +36,9 @@ from rag_diag.tokens.extract import encode_texts
 from rag_diag.tokens.store import TokenStore
 
 RUN_DEPTH = 100
+RELEASE_EVERY = 16
+"""Queries re-ranked between two returns of the C heap's free pages: after a sharded 100,000-document pass each
+query's freed buffers stayed mapped and one re-ranker's loop over 200 queries climbed by 0.5 GiB."""
 BASELINE = "mean"
 RANX_METRICS = {
     "P@1": "precision@1",
@@ -138,6 +141,8 @@ def rerank(
                 np.concatenate([scores[order], ranking.scores[config.depth :]]),
             )
             advance(1)
+            if query_index % RELEASE_EVERY == RELEASE_EVERY - 1:
+                release_heap()
     return run
 
 

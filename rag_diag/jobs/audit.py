@@ -243,6 +243,7 @@ def audit_store(
                                  corpus=corpus, lexical=True, windowed=corpus_pass.whole, command=command)
     corpus_pass.timings |= {"evaluation_seconds": time.perf_counter() - started,
                             "peak_rss_gib_after_evaluation": peak_rss_gib()}
+    release_heap()  # the evaluation's freed buffers (BM25's build, the re-rankers) before the diagnosis
     corpus_pass.timings |= {f"{name}_build_seconds": seconds
                             for name, seconds in evaluation.manifest["extra_costs"].get("build_seconds", {}).items()}
     collapse = CollapseTable.build(

@@ -24,6 +24,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss_watch import read_status  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 PERIOD = 0.2
@@ -31,9 +34,9 @@ PERIOD = 0.2
 
 def status() -> tuple[float, float, float, int]:
     """(VmRSS, RssAnon, VmHWM) in GiB and the thread count of this process."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    gib = [float(fields[name].split()[0]) / 2**20 for name in ("VmRSS", "RssAnon", "VmHWM")]
-    return gib[0], gib[1], gib[2], int(fields["Threads"])
+    fields = read_status("self")
+    gib = [fields[name] / 2**20 for name in ("VmRSS", "RssAnon", "VmHWM")]
+    return gib[0], gib[1], gib[2], fields["Threads"]
 
 
 def where(thread_id: int) -> str:

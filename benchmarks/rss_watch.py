@@ -31,6 +31,12 @@ def find(wanted: list[str]) -> str | None:
     return None
 
 
+def read_status(pid: str) -> dict[str, int]:
+    """The numeric fields of ``/proc/PID/status`` (kB for the memory ones; ``pid`` may be ``self``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {name: int(value) for name, value in re.findall(r"^(\w+):\s+(\d+)", status, re.MULTILINE)}
+
+
 def main(out: Path, wanted: list[str]) -> None:
     pid = None
     while pid is None:
@@ -41,10 +47,9 @@ def main(out: Path, wanted: list[str]) -> None:
         table.write(f"# pid {pid}, found {time.strftime('%H:%M:%S')}\n# seconds\t" + "\t".join(FIELDS) + "\tthreads\n")
         while True:
             try:
-                status = Path(f"/proc/{pid}/status").read_text()
+                numbers = read_status(pid)
             except OSError:
                 break
-            numbers = {name: int(value) for name, value in re.findall(r"^(\w+):\s+(\d+)", status, re.MULTILINE)}
             values = "\t".join(f"{numbers[name] / 2**20:.3f}" for name in FIELDS)
             table.write(f"{time.time() - started:.1f}\t{values}\t{numbers['Threads']}\n")
             table.flush()

@@ -40,13 +40,18 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
 
 
 def release_heap() -> bool:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``); True when some were.
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``); True when some were. Also
+    drop the resident pages of mapped FAISS indexes (:func:`rag_diag.mapped.release_mapped`): read back from
+    their file when next searched.
 
     A pass that allocates and frees many differently sized buffers (forward-pass activations, shard banks)
     otherwise leaves them mapped, and RSS creeps up shard after shard. Elsewhere than glibc: nothing, False.
     """
     import ctypes
 
+    from rag_diag.mapped import release_mapped
+
+    release_mapped()
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the libc already loaded: no library search per call
     return bool(trim(0)) if trim is not None else False
 

@@ -24,7 +24,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "rag_diag"
 LAYERS = {
     "errors": 0, "atomic": 0, "progress": 0, "devices": 0, "sampling": 0, "cmdline": 0, "readers": 0,
-    "defaults": 0, "corpora": 1, "models": 1, "tokens": 2, "pooling": 2, "collapse": 3, "retrieval": 3,
+    "defaults": 0, "mapped": 0, "corpora": 1, "models": 1, "tokens": 2, "pooling": 2, "collapse": 3, "retrieval": 3,
     "stores": 3, "evaluation": 4, "diagnosis": 5, "report": 6, "jobs": 7, "cli": 8,
 }
 MAX_LINES = 400

@@ -106,8 +106,10 @@ class CovarianceSummary:
         )
 
     def release_pages(self) -> None:
-        """Drop the resident pages of disk-backed factors (:mod:`rag_diag.collapse.spill`): a bank holds copies."""
+        """Drop the resident pages of disk-backed factors and means (:mod:`rag_diag.collapse.spill`): a bank
+        holds copies."""
         release(self.factors)
+        release(self.means)
 
 
 GATHER_DOCS = 256

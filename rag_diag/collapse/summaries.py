@@ -5,8 +5,9 @@ When the token store of a corpus does not fit the memory budget, the corpus is e
 :func:`~rag_diag.collapse.knn.covariance_summary` reduces them to what kNN collapse needs per document —
 the unit mean, the raw statistics (n, tr Σ, concentration) and a rank-r factor F of the normalised
 covariance — and are deleted before the next shard. The factors, N·r·d·4 bytes, go to a disk-backed array
-(:mod:`rag_diag.collapse.spill`) whose pages are dropped after each write and each read, so memory is the
-N·d·4 bytes of the means plus one shard, whatever N and r.
+(:mod:`rag_diag.collapse.spill`) whose pages are dropped after each write and each read, and so do the means
+(N·d·4 bytes) when they are larger than ``SPILL_BYTES``, so the pass holds one shard, whatever N and r, until
+kNN collapse reads the means back.
 
 **Error bounds.** With τ the part of tr Σ a factor drops (the sum of the dropped eigenvalues), Σ_r ≤ Σ in the
 Loewner order, and BW_r² the pair's BW² between the truncated covariances:
@@ -33,7 +34,7 @@ import numpy as np
 
 from rag_diag.collapse.knn import CovarianceSummary, KnnResult, covariance_summary, knn_collapse
 from rag_diag.collapse.socm import PairStats, TextStats
-from rag_diag.collapse.spill import release, spilled
+from rag_diag.collapse.spill import spilled, zeros
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import progress_bar, release_heap
@@ -54,9 +55,10 @@ class StreamedSummaries:
 
 def _allocate(n_docs: int, rank: int, dim: int) -> CovarianceSummary:
     """Room for the summaries of ``n_docs`` documents, filled shard by shard (never two copies at once); the
-    factors on disk."""
+    factors on disk, and the means too once they outgrow ``SPILL_BYTES`` (147 MiB at 100,000 × 384, which the
+    pass would otherwise hold while it encodes)."""
     return CovarianceSummary(
-        means=np.empty((n_docs, dim), dtype=np.float32), factors=spilled((n_docs, rank, dim)),
+        means=zeros((n_docs, dim)), factors=spilled((n_docs, rank, dim)),
         traces=np.empty(n_docs), tail=np.empty(n_docs),
         text_stats=TextStats(np.empty(n_docs, dtype=np.int64), np.empty(n_docs), np.empty(n_docs)),
     )
@@ -66,7 +68,7 @@ def _fill(target: CovarianceSummary, start: int, part: CovarianceSummary) -> Non
     """Copy one shard's summaries into rows ``start …`` of ``target``."""
     rows = slice(start, start + len(part.means))
     target.means[rows], target.factors[rows] = part.means, part.factors
-    release(target.factors)
+    target.release_pages()
     target.traces[rows], target.tail[rows] = part.traces, part.tail
     for name in ("n_tokens", "trace", "concentration"):
         getattr(target.text_stats, name)[rows] = getattr(part.text_stats, name)

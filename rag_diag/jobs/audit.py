@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +301,7 @@ def _estimated_audit(
                                 cluster_ids).with_columns(
         *(pl.when(pl.Series(rated)).then(pl.col(c)).otherwise(None).alias(c) for c in unrated))
     clusters = clusters_frame(documents, view, cluster_ids)
-    recall = ann_recall(stored, stored.all_vectors(), seeded_sample(n_docs, sample, seed + 1), k)
+    recall = ann_recall(stored, stored.float32_vectors, seeded_sample(n_docs, sample, seed + 1), k)
     estimates = sample_estimates(
         sampled, rows, n_docs, hub_skew=hubs.skewness, duplicate_share=float(np.mean(cluster_ids >= 0)),
         truncated_share=estimate.n_truncated / n_docs, per_query_recall=np.asarray(recall.pop("per_query")))
@@ -331,13 +332,14 @@ def _estimated_audit(
     return AuditResult(summary, None, documents, clusters, evaluation, collapse, diagnosis)
 
 
-def _true_vectors(stored: StoredIndex, corpus_pass: CorpusPass, check: ModelCheck, pooling: str) -> np.ndarray:
+def _true_vectors(stored: StoredIndex, corpus_pass: CorpusPass, check: ModelCheck,
+                  pooling: str) -> np.ndarray | Callable[[np.ndarray], np.ndarray]:
     """What the store should hold, for ANN recall: the re-encoded texts pooled as the store is (token-store
-    mode), or the stored vectors themselves (summaries mode, which keeps no token matrices)."""
+    mode), or the stored vectors themselves, read as asked (summaries mode, which keeps no token matrices)."""
     normalised = check.normalised or stored.distance == "cosine"
     if corpus_pass.tokens is not None:
         return exact_vectors(corpus_pass.tokens, normalised, pooling)
-    return stored.all_vectors(unit=normalised)
+    return partial(stored.float32_vectors, unit=normalised)
 
 
 def store_distance(stored: StoredIndex, check: dict[str, Any]) -> Distance:

@@ -22,6 +22,7 @@ import numpy as np
 from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError, first_line
+from rag_diag.mapped import read_index
 from rag_diag.models.loading import load_encoder
 from rag_diag.stores.protocol import StoreRows
 from rag_diag.stores.safe_pickle import RefusedGlobal, safe_loads
@@ -66,7 +67,7 @@ def load_langchain_store(
         raise RagDiagError(f"{path}: not a LangChain FAISS store (needs index.faiss and index.pkl)")
     atomic.protect_input(path)
     try:
-        index = faiss.read_index(str(path / "index.faiss"))
+        index = read_index(path / "index.faiss")
     except (RuntimeError, ValueError) as exc:
         raise RagDiagError(f"{path}: corrupt LangChain store ({first_line(exc)})") from None
     data = (path / "index.pkl").read_bytes()

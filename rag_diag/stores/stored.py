@@ -27,6 +27,7 @@ import numpy as np
 
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError
+from rag_diag.mapped import read_index
 from rag_diag.stores.protocol import BATCH_SIZE, Distance, RowsInMemory, StoreReader, exact_index
 from rag_diag.stores.uri import BARE_DOCUMENTS, BARE_INDEX, is_bare_faiss_folder, parse_store, sniff
 
@@ -77,11 +78,17 @@ class StoredIndex:
         n_docs = self.index.ntotal
         out = np.empty((n_docs, self.index.d), dtype=np.float32)
         for start in range(0, n_docs, chunk):
-            part = self.vectors(np.arange(start, min(start + chunk, n_docs)))
-            if unit:  # a zero vector stays zero
-                part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
-            out[start : start + len(part)] = part
+            out[start : min(start + chunk, n_docs)] = self.float32_vectors(np.arange(start, min(start + chunk, n_docs)),
+                                                                           unit=unit)
         return out
+
+    def float32_vectors(self, rows: np.ndarray, *, unit: bool = False) -> np.ndarray:
+        """The stored vectors of ``rows`` as float32, L2-normalised in float64 with ``unit`` (zero vectors stay
+        zero)."""
+        part = self.vectors(rows)
+        if unit:
+            part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+        return part.astype(np.float32)
 
 
 class FaissReader(RowsInMemory):
@@ -178,7 +185,7 @@ def _bare_faiss(path: Path, documents: str | Path | None) -> FaissReader:
     if documents is None:
         raise RagDiagError(f"{path}: a bare FAISS index needs --documents (corpus.jsonl or text lines, index order)")
     try:
-        index = faiss.read_index(str(path))
+        index = read_index(path)
     except RuntimeError:
         raise RagDiagError(f"{path}: not a readable FAISS index") from None
     corpus = load_corpus(documents)

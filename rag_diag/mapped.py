@@ -69,7 +69,7 @@ def _dont_need(address: int, size: int) -> int:
     import ctypes
 
     advice = getattr(mmap, "MADV_DONTNEED", None)
-    madvise = getattr(ctypes.CDLL(None), "madvise", None)
+    madvise = None if advice is None else getattr(ctypes.CDLL(None), "madvise", None)
     if advice is None or madvise is None:
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]

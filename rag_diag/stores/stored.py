@@ -64,7 +64,7 @@ class StoredIndex:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of ``rows`` in float64 (approximate for quantising indexes such as IVF-PQ)."""
         ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is not None:
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # built once, not per read
             ivf.make_direct_map()
         try:
             return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64)).astype(np.float64)
@@ -78,8 +78,8 @@ class StoredIndex:
         n_docs = self.index.ntotal
         out = np.empty((n_docs, self.index.d), dtype=np.float32)
         for start in range(0, n_docs, chunk):
-            out[start : min(start + chunk, n_docs)] = self.float32_vectors(np.arange(start, min(start + chunk, n_docs)),
-                                                                           unit=unit)
+            stop = min(start + chunk, n_docs)
+            out[start:stop] = self.float32_vectors(np.arange(start, stop), unit=unit)
         return out
 
     def float32_vectors(self, rows: np.ndarray, *, unit: bool = False) -> np.ndarray:

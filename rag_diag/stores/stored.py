@@ -64,7 +64,7 @@ class StoredIndex:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of ``rows`` in float64 (approximate for quantising indexes such as IVF-PQ)."""
         ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # built once, not per read
+        if ivf is not None and ivf.direct_map.no():  # built once, not per read
             ivf.make_direct_map()
         try:
             return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64)).astype(np.float64)

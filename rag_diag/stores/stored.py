@@ -34,7 +34,8 @@ from rag_diag.stores.uri import BARE_DOCUMENTS, BARE_INDEX, is_bare_faiss_folder
 
 @dataclass(frozen=True)
 class StoredIndex:
-    """A store under audit: the FAISS index and, by row, document ids, texts and metadata."""
+    """A store under audit: the FAISS index and, by row, document ids, texts and metadata. The index of a FAISS
+    store may map its vectors from the file (:mod:`rag_diag.mapped`): read it, never add to it."""
 
     path: Path
     kind: str

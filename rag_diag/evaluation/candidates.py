@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from rag_diag.corpora.io import Corpus, Queries
 from rag_diag.evaluation.result import Run, from_scores, run_scores
 from rag_diag.models.protocol import Encoder
+from rag_diag.progress import release_heap
 from rag_diag.tokens.store import TokenStore
 
 FUSION_WEIGHTS = (0.25, 0.5, 0.75)
@@ -75,6 +76,8 @@ def extra_runs(
                 extra.runs[name] = from_scores(fuse_runs(scores, dense, "wsum", weight, depth=depth))
                 extra.index_bytes[name] = bm25.index_bytes
                 extra.latency_ms[name] = extra.latency_ms["bm25"]
+        del bm25
+        release_heap()  # the index and its build's buffers (100,000 documents: 0.27 GiB otherwise kept to the end)
     if windowed:
         started = time.perf_counter()
         index = WindowedIndex.build(corpus, encoder, doc_store)

@@ -8,6 +8,9 @@ usually from the page cache, when they are next touched). An audit's pass never 
 the searches before it and after it the store's vectors need not be resident. Other index types (IVF, PQ) are
 read as faiss reads them, into the heap.
 
+:func:`mapped_flat` builds such an index from rows streamed in (a store read through its client), so the vectors
+of a Chroma, Qdrant, pgvector or LlamaIndex store are held the way a FAISS store's are.
+
 The file must not be truncated or rewritten in place while the index lives (replacing it by a rename, as
 :mod:`rag_diag.atomic` does, is safe: the mapping keeps the old file).
 """
@@ -15,9 +18,15 @@ The file must not be truncated or rewritten in place while the index lives (repl
 from __future__ import annotations
 
 import mmap
+import os
+import struct
+import tempfile
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _MAPPED: list[weakref.ref[Any]] = []
 
@@ -76,3 +85,63 @@ def _dont_need(address: int, size: int) -> int:
     start = address - address % mmap.PAGESIZE
     length = address + size - start
     return length if madvise(start, length, advice) == 0 else 0
+
+
+def mapped_flat(chunks: Iterable[np.ndarray], dim: int, metric: int, folder: str | Path) -> Any:
+    """An ``IndexFlat`` over the float32 rows of ``chunks`` whose vectors are a mapping of a file, never all in the
+    heap: :func:`write_flat` to a temporary file in ``folder``, :func:`read_index`, then the file is unlinked (the
+    mapping keeps it until the index is freed, so nothing is left behind)."""
+    handle, path = tempfile.mkstemp(prefix="rag-diag-flat-", suffix=".faiss", dir=folder)
+    os.close(handle)
+    try:
+        write_flat(path, chunks, dim, metric)
+        return read_index(path)
+    finally:
+        os.unlink(path)
+
+
+def write_flat(path: str | Path, chunks: Iterable[np.ndarray], dim: int, metric: int) -> int:
+    """Write the file ``faiss.write_index`` would write for an ``IndexFlat(dim, metric)`` holding the rows of
+    ``chunks``, one chunk at a time; returns the rows written.
+
+    The header is faiss's own, of the empty index, with its two counts patched: ``ntotal`` (int64 after the
+    four-byte type and the int32 dimension) and the code vector's length in floats (the header's last 8 bytes,
+    ntotal·d), followed by the rows. :func:`_patched_header` checks that layout against faiss's header of a
+    one-row index before anything is written.
+    """
+    empty = _patched_header(dim, metric, 0)
+    rows = 0
+    with open(path, "wb") as out:
+        out.write(empty)
+        for chunk in chunks:
+            block = np.ascontiguousarray(chunk, dtype=np.float32)
+            if block.ndim != 2 or block.shape[1] != dim:
+                raise ValueError(f"rows of shape {block.shape[1:]} for an index of dimension {dim}")
+            out.write(block.data)
+            rows += len(block)
+        out.seek(0)
+        out.write(_patched_header(dim, metric, rows))
+    return rows
+
+
+def _patched_header(dim: int, metric: int, rows: int) -> bytes:
+    """Header of an ``IndexFlat(dim, metric)`` file holding ``rows`` rows (see :func:`write_flat`); ValueError
+    when faiss's header of a one-row index is not the empty one patched this way (a changed file format)."""
+    import faiss
+
+    def patched(count: int) -> bytes:
+        header = bytearray(faiss.serialize_index(faiss.IndexFlat(dim, metric)).tobytes())
+        struct.pack_into("<q", header, _NTOTAL_AT, count)
+        struct.pack_into("<Q", header, len(header) - 8, count * dim)
+        return bytes(header)
+
+    one = faiss.IndexFlat(dim, metric)
+    one.add(np.zeros((1, dim), dtype=np.float32))
+    expected = faiss.serialize_index(one).tobytes()
+    if expected != patched(1) + bytes(4 * dim):
+        raise ValueError("this faiss writes IndexFlat files in a layout rag_diag does not know")
+    return patched(rows)
+
+
+_NTOTAL_AT = 8
+"""Byte offset of ``ntotal`` in a FAISS index header: after the four-byte type code and the int32 dimension."""

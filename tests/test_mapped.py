@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from rag_diag.mapped import read_index, release_mapped
+from rag_diag.mapped import _mapped_codes, mapped_flat, read_index, release_mapped, write_flat
 
 
 def _rss_kib() -> int:
@@ -61,3 +61,30 @@ def test_dropping_the_pages_of_a_searched_flat_index_gives_its_vectors_bytes_bac
     assert release_mapped() >= size
     dropped = (touched - _rss_kib()) * 1024
     assert dropped >= size - 8 * 2**20
+
+
+@pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
+@pytest.mark.parametrize("sizes", [[], [1], [5, 0, 12, 3]])
+def test_a_streamed_flat_file_is_byte_for_byte_what_faiss_writes(tmp_path, metric, sizes):
+    rng = np.random.default_rng(2)
+    chunks = [rng.standard_normal((n, 24)).astype(np.float32) for n in sizes]
+    index = faiss.IndexFlat(24, metric)
+    for chunk in chunks:
+        index.add(chunk)
+    path = tmp_path / "streamed.faiss"
+    assert write_flat(path, iter(chunks), 24, metric) == sum(sizes)
+    assert path.read_bytes() == faiss.serialize_index(index).tobytes()
+
+
+def test_a_flat_index_built_from_streamed_rows_is_mapped_answers_as_faiss_and_leaves_no_file(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((3000, 32)).astype(np.float32)
+    heap = faiss.IndexFlatL2(32)
+    heap.add(rows)
+    mapped = mapped_flat((rows[i : i + 1000] for i in range(0, 3000, 1000)), 32, faiss.METRIC_L2, tmp_path)
+    assert _mapped_codes(mapped) is not None and list(tmp_path.iterdir()) == []
+    for _ in range(2):
+        got, want = mapped.search(rows[:25], 7), heap.search(rows[:25], 7)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        release_mapped()

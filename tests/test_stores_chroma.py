@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from rag_diag.errors import RagDiagError
-from rag_diag.stores.protocol import StoreReader
+from rag_diag.mapped import _mapped_codes
+from rag_diag.stores import protocol
+from rag_diag.stores.protocol import StoreReader, exact_index
 from rag_diag.stores.stored import open_reader, open_store
 
 PIN = "chromadb==1.5.9"
@@ -80,6 +82,27 @@ def test_cosine_store_is_inner_product_on_unit_vectors(tmp_path, chromadb, small
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     np.testing.assert_allclose(got, unit[np.argsort(ids)], atol=1e-6)
+
+
+@pytest.mark.parametrize("space", ["cosine", "l2"])
+def test_a_large_store_is_held_as_a_mapped_exact_index_equal_to_the_heap_one(tmp_path, chromadb, space, monkeypatch):
+    """Over SPILL_BYTES (here 0) the exact index maps its vectors from a file; rows streamed 7 at a time give the
+    vectors and neighbours of the index built in memory."""
+    vectors = np.random.default_rng(4).standard_normal((300, 8)).astype(np.float32) * 2.0
+    ids = [f"d{i:03d}" for i in range(300)]
+    folder = build(tmp_path / "c", chromadb, vectors, ids=ids, documents=ids, space=space)
+    reader = open_reader(folder)
+    try:
+        heap = exact_index(reader, batch_size=7)
+        monkeypatch.setattr(protocol, "SPILL_BYTES", 0)
+        mapped = exact_index(reader, batch_size=7)
+    finally:
+        reader.close()
+    assert _mapped_codes(heap) is None and _mapped_codes(mapped) is not None
+    assert mapped.metric_type == heap.metric_type and mapped.ntotal == 300
+    np.testing.assert_array_equal(mapped.reconstruct_n(0, 300), heap.reconstruct_n(0, 300))
+    queries = vectors[:20]
+    np.testing.assert_array_equal(mapped.search(queries, 5)[1], heap.search(queries, 5)[1])
 
 
 def test_default_space_is_l2(tmp_path, chromadb, small):

@@ -8,10 +8,10 @@ LlamaIndex storage (:mod:`rag_diag.stores.llamaindex`); each but the FAISS ones 
 
 :func:`opened_store` / :func:`open_store` turn a reader into a :class:`StoredIndex`. FAISS stores keep their
 own index, which is what the audit measures (its ANN recall included). The others become an exact FAISS
-index (``IndexFlat``) over their stored vectors, in the reader's row order, with their distance (cosine:
-inner product on L2-normalised vectors; dot: inner product; l2: L2); while :func:`opened_store` holds the
-reader open, :meth:`StoredIndex.search` goes through the store's own search, so ANN recall is that of the
-store's real index.
+index (``IndexFlat``, its vectors mapped from a file when large) over their stored vectors, in the reader's row
+order, with their distance (cosine: inner product on L2-normalised vectors; dot: inner product; l2: L2); while
+:func:`opened_store` holds the reader open, :meth:`StoredIndex.search` goes through the store's own search, so
+ANN recall is that of the store's real index.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from rag_diag.stores.uri import BARE_DOCUMENTS, BARE_INDEX, is_bare_faiss_folder
 
 @dataclass(frozen=True)
 class StoredIndex:
-    """A store under audit: the FAISS index and, by row, document ids, texts and metadata. The index of a FAISS
-    store may map its vectors from the file (:mod:`rag_diag.mapped`): read it, never add to it."""
+    """A store under audit: the FAISS index and, by row, document ids, texts and metadata. The index may map its
+    vectors from a file (:mod:`rag_diag.mapped`: a FAISS store's own, or a large exact index's): read it, never
+    add to it."""
 
     path: Path
     kind: str

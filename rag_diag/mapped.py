@@ -89,15 +89,21 @@ def _dont_need(address: int, size: int) -> int:
 
 def mapped_flat(chunks: Iterable[np.ndarray], dim: int, metric: int, folder: str | Path) -> Any:
     """An ``IndexFlat`` over the float32 rows of ``chunks`` whose vectors are a mapping of a file, never all in the
-    heap: :func:`write_flat` to a temporary file in ``folder``, :func:`read_index`, then the file is unlinked (the
-    mapping keeps it until the index is freed, so nothing is left behind)."""
+    heap: :func:`write_flat` to a temporary file in ``folder``, then :func:`read_index`. The file is unlinked as
+    soon as it is created where ``/proc/self/fd`` reopens it (Linux), else once it is read; the mapping keeps it
+    until the index is freed, so a killed run leaves nothing behind."""
     handle, path = tempfile.mkstemp(prefix="rag-diag-flat-", suffix=".faiss", dir=folder)
-    os.close(handle)
+    by_fd = Path(f"/proc/self/fd/{handle}")
     try:
+        if by_fd.exists():
+            os.unlink(path)
+            path = str(by_fd)
         write_flat(path, chunks, dim, metric)
         return read_index(path)
     finally:
-        os.unlink(path)
+        os.close(handle)
+        if not path.startswith("/proc/"):
+            os.unlink(path)
 
 
 def write_flat(path: str | Path, chunks: Iterable[np.ndarray], dim: int, metric: int) -> int:

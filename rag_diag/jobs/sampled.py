@@ -27,6 +27,7 @@ from rag_diag.collapse.knn import KnnResult, neighbour_graph
 from rag_diag.collapse.socm import PairStats, TextStats, pair_socm, prepare_text
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
+from rag_diag.progress import release_heap
 from rag_diag.stores.stored import StoredIndex
 from rag_diag.tokens.extract import encode_texts
 from rag_diag.tokens.store import TokenStore
@@ -95,6 +96,8 @@ def run_sampled_pass(stored: StoredIndex, encoder: Encoder, k: int, sample: np.n
     graph = neighbour_graph(unit, k, seed=seed)
     neighbours = graph.neighbours
     cos = neighbour_cosines(unit, neighbours)
+    del unit  # N·d float32 (147 MiB at 100,000 × 384), not read by the encoding below
+    release_heap()  # and the store's mapped vectors all_vectors paged in (as much again)
     rated = np.unique(np.concatenate([sample, extra])).astype(np.int64)
     needed = np.unique(np.concatenate([rated, neighbours[rated].reshape(-1)]))
     tokens = encode_texts([stored.texts[r] for r in needed], model=encoder, ids=[stored.doc_ids[r] for r in needed],

@@ -130,6 +130,15 @@ def write_flat(path: str | Path, chunks: Iterable[np.ndarray], dim: int, metric:
     return rows
 
 
+def flat_layout_known(dim: int, metric: int) -> bool:
+    """Whether this faiss writes ``IndexFlat(dim, metric)`` files as :func:`write_flat` does."""
+    try:
+        _patched_header(dim, metric, 0)
+    except ValueError:
+        return False
+    return True
+
+
 def _patched_header(dim: int, metric: int, rows: int) -> bytes:
     """Header of an ``IndexFlat(dim, metric)`` file holding ``rows`` rows (see :func:`write_flat`); ValueError
     when faiss's header of a one-row index is not the empty one patched this way (a changed file format)."""

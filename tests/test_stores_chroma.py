@@ -96,9 +96,12 @@ def test_a_large_store_is_held_as_a_mapped_exact_index_equal_to_the_heap_one(tmp
         heap = exact_index(reader, batch_size=7)
         monkeypatch.setattr(protocol, "SPILL_BYTES", 0)
         mapped = exact_index(reader, batch_size=7)
+        monkeypatch.setattr(protocol, "flat_layout_known", lambda dim, metric: False)  # a faiss of another layout
+        fallback = exact_index(reader, batch_size=7)
     finally:
         reader.close()
-    assert _mapped_codes(heap) is None and _mapped_codes(mapped) is not None
+    assert _mapped_codes(heap) is None and _mapped_codes(mapped) is not None and _mapped_codes(fallback) is None
+    np.testing.assert_array_equal(fallback.reconstruct_n(0, 300), heap.reconstruct_n(0, 300))
     assert mapped.metric_type == heap.metric_type and mapped.ntotal == 300
     np.testing.assert_array_equal(mapped.reconstruct_n(0, 300), heap.reconstruct_n(0, 300))
     queries = vectors[:20]

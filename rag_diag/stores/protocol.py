@@ -28,7 +28,7 @@ import numpy as np
 
 from rag_diag.collapse.spill import SPILL_BYTES, spill_folder
 from rag_diag.errors import RagDiagError
-from rag_diag.mapped import mapped_flat
+from rag_diag.mapped import flat_layout_known, mapped_flat
 
 Distance = Literal["cosine", "dot", "l2"]
 DISTANCES: tuple[Distance, ...] = ("cosine", "dot", "l2")
@@ -162,11 +162,12 @@ def exact_index(reader: StoreReader, batch_size: int = BATCH_SIZE) -> faiss.Inde
 
     Over ``SPILL_BYTES`` of vectors (64 MiB: 43,690 rows of 384 floats) the index maps them from an unlinked file in
     the cache folder (:func:`rag_diag.mapped.mapped_flat`), as a FAISS store's own index is read: the rows stream
-    from the store to the file, and their pages are dropped wherever the heap is trimmed.
+    from the store to the file, and their pages are dropped wherever the heap is trimmed. (In the heap, as below
+    that size, should this faiss write its files in a layout rag_diag does not know.)
     """
     metric = faiss_metric(reader.distance)
     batches = (index_rows(_checked(reader, batch), reader.distance) for batch in reader.vectors(batch_size))
-    if len(reader) * reader.dim * 4 > SPILL_BYTES:
+    if len(reader) * reader.dim * 4 > SPILL_BYTES and flat_layout_known(reader.dim, metric):
         index = mapped_flat(batches, reader.dim, metric, spill_folder())
     else:
         index = faiss.IndexFlat(reader.dim, metric)

@@ -80,7 +80,8 @@ class BM25Index:
         self.k1, self.b = k1, b
         start = time.perf_counter()
         # scipy builds the sparse score matrix from the (doc, token) pairs in C; bm25s's numpy default sorts them
-        # through int64 copies (peak +0.21 GiB against +0.15 GiB on 100,000 kb-scale documents, same scores)
+        # through int64 copies (build peak 0.20 GiB against 0.15 on 100,000 kb-scale texts, same scores:
+        # benchmarks/bench_step_memory.py)
         self.retriever = bm25s.BM25(k1=k1, b=b, method="lucene", csc_backend="scipy")
         # bm25s is given token ids, not token strings: a list of fresh strings per document held every token of
         # the corpus as its own object (+0.7 GiB on 100,000 kb-scale documents); ids drawn from one vocabulary

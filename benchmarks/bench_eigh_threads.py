@@ -4,7 +4,7 @@ before, and a thread pool whose threads each run a single OpenMP thread (tried, 
 On N documents of the real ``kb-scale`` knowledge base (all-MiniLM-L6-v2 token store, built once):
 
 1. exact kNN collapse, k = 10 (:func:`rag_diag.collapse.knn.knn_collapse`): the eigenvalues of every pair's
-   Gram matrix (``socm._eigvalsh``);
+   Gram matrix (``eigen.eigvalsh``);
 2. the rank-32 summaries (:func:`rag_diag.collapse.knn.covariance_summary`): eigenvectors of every document's
    Gram matrix (``torch.linalg.eigh``), with documents chunked in store order, every chunk padded to the corpus'
    longest text (before), or in order of length (:func:`rag_diag.collapse.knn._length_chunks`, now).
@@ -39,7 +39,7 @@ import rag_diag.collapse.knn as knn  # noqa: E402
 import rag_diag.collapse.socm as socm  # noqa: E402
 
 K, RANK = 10, 32
-EIGVALSH, EIGH, LENGTH_ORDER = socm._eigvalsh, torch.linalg.eigh, knn._length_chunks
+EIGVALSH, EIGH, LENGTH_ORDER = socm.eigvalsh, torch.linalg.eigh, knn._length_chunks
 
 
 def pool(solve: Callable, batch: torch.Tensor, one_omp_thread: bool) -> list:
@@ -120,12 +120,12 @@ def main(n_docs: int) -> None:
             for _ in range(REPEATS):
                 for name, values_of, pairs_of, chunks in VARIANTS[step]:
                     spent = [0.0]
-                    socm._eigvalsh, torch.linalg.eigh = timed(values_of, spent), timed(pairs_of, spent)
+                    socm.eigvalsh, torch.linalg.eigh = timed(values_of, spent), timed(pairs_of, spent)
                     knn._length_chunks = chunks
                     start = time.perf_counter()
                     values = np.asarray(compute())
                     wall = time.perf_counter() - start
-                    socm._eigvalsh, torch.linalg.eigh, knn._length_chunks = EIGVALSH, EIGH, LENGTH_ORDER
+                    socm.eigvalsh, torch.linalg.eigh, knn._length_chunks = EIGVALSH, EIGH, LENGTH_ORDER
                     if name not in best or wall < best[name][0]:
                         best[name] = (wall, spent[0], values)
             _, first_solves, reference = next(iter(best.values()))

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from rag_diag.collapse.eigen import eigvalsh
 from rag_diag.devices import resolve_device
 from rag_diag.errors import RagDiagError
 from rag_diag.tokens.store import TokenStore
@@ -47,6 +48,10 @@ from rag_diag.tokens.store import TokenStore
 MEAN_EPS = 1e-12
 PAPER_JITTER = 1e-9
 DEFAULT_BUDGET = 1 << 22  # elements of the largest temporary tensor of a chunk
+CUDA_BUDGET = 1 << 26
+"""The same on a CUDA device (float32 products: 256 MiB a tensor). There the host solves Grams over 32×32 on a
+pool of threads (:mod:`rag_diag.collapse.eigen`), which needs batches of hundreds: under ``DEFAULT_BUDGET`` a
+batch of 120-token texts holds about 45 pairs."""
 
 
 @dataclass(frozen=True)
@@ -214,23 +219,6 @@ def build_bank(
     )
 
 
-CUDA_BATCHED_EIGH_MAX = 32
-"""Largest matrix size cuSOLVER's batched Jacobi eigensolver takes. Measured on an H100 (20,000 Gram
-matrices, float64): 15 ms at 32×32, but minutes at 48×48, where it falls back to one matrix per call;
-larger Grams are therefore solved on the CPU (0.8 s for the same batch at 32×32 on 16 cores)."""
-
-
-def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
-    """Batched symmetric eigenvalues, one LAPACK call on the CPU.
-
-    The batch used to be split over a thread pool; in each pool thread MKL started an OpenMP team of its own, and
-    on 2 cores the solves of 10,000 documents' kNN collapse took 2.2× as long as one call. Pool threads limited to
-    one OpenMP thread each took 1.15× (``benchmarks/results/bench_eigh_threads.txt``)."""
-    if gram.device.type == "cuda" and gram.shape[-1] > CUDA_BATCHED_EIGH_MAX:
-        return torch.linalg.eigvalsh(gram.cpu()).to(gram.device)
-    return torch.linalg.eigvalsh(gram)
-
-
 def nuclear_norms(cross: torch.Tensor) -> torch.Tensor:
     """‖C‖_* for a batch (m, p, q): Σ √λ over eigenvalues of the smaller Gram, float64 on C's device."""
     cross = cross.to(torch.float64)
@@ -239,7 +227,7 @@ def nuclear_norms(cross: torch.Tensor) -> torch.Tensor:
     if cross.shape[1] == 0:
         return torch.zeros(cross.shape[0], dtype=torch.float64, device=cross.device)
     gram = cross @ cross.transpose(1, 2)
-    return _eigvalsh(gram).clamp(min=0.0).sqrt().sum(dim=-1)
+    return eigvalsh(gram).clamp(min=0.0).sqrt().sum(dim=-1)
 
 
 COSINE_CHUNK = 4096
@@ -260,14 +248,17 @@ def fast_pairs(
     bank: Bank,
     a: np.ndarray,
     b: np.ndarray,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PairStats:
     """SOCM of pairs (a[i], b[i]) of bank texts by the batched Gram route.
 
     Pairs are oriented so the shorter text comes first, sorted by length and cut into chunks whose
-    padded token tensors hold at most ``budget`` elements, so memory stays bounded.
+    padded token tensors hold at most ``budget`` elements (default ``DEFAULT_BUDGET``, or ``CUDA_BUDGET`` on a
+    CUDA bank), so memory stays bounded.
     """
+    if budget is None:
+        budget = CUDA_BUDGET if bank.rows.device.type == "cuda" else DEFAULT_BUDGET
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     lengths = bank.lengths

@@ -115,7 +115,7 @@ def run_sampled_pass(stored: StoredIndex, encoder: Encoder, k: int, sample: np.n
                     TextStats(stats.n_tokens, stats.trace, stats.concentration), per_doc.mean(axis=1),
                     per_doc.max(axis=1), doc_b.reshape(len(rated), k)[np.arange(len(rated)), best], graph.to_dict())
     tokens.release_pages()
-    release_heap()  # the SOCM chunks' freed buffers (0.16 GiB at 100,000), before the steps after the pass
+    release_heap()  # with the token pages: what the SOCM chunks read and freed, before the steps after the pass
     return SampledPass(neighbours, cos, graph.to_dict(), rated, knn, tokens)
 
 

@@ -49,9 +49,9 @@ MEAN_EPS = 1e-12
 PAPER_JITTER = 1e-9
 DEFAULT_BUDGET = 1 << 22  # elements of the largest temporary tensor of a chunk
 CUDA_BUDGET = 1 << 26
-"""The same on a CUDA device (float32 products: 256 MiB a tensor). There the host solves Grams over 32×32 on a
-pool of threads (:mod:`rag_diag.collapse.eigen`), which needs batches of hundreds: under ``DEFAULT_BUDGET`` a
-batch of 120-token texts holds about 45 pairs."""
+"""The same on a CUDA device (float32 products: the two padded tensors 256 MiB together). There the host solves
+Grams over 32×32 on a pool of threads (:mod:`rag_diag.collapse.eigen`), which needs batches of hundreds: under
+``DEFAULT_BUDGET`` a batch of 120-token texts holds about 45 pairs."""
 
 
 @dataclass(frozen=True)

@@ -54,3 +54,25 @@ def test_pool_on_real_minilm_grams(tiny_store, monkeypatch):
     monkeypatch.setattr(eigen, "HOST_MATRICES_PER_THREAD", 1)
     assert len(gram) >= 2
     assert_spectra_agree(gram, eigen.host_eigvalsh(gram, threads=2))
+
+
+def _solve_in_child(queue) -> None:  # noqa: ANN001
+    gram = torch.eye(3, dtype=torch.float64).expand(2 * eigen.HOST_MATRICES_PER_THREAD, 3, 3).clone()
+    queue.put(eigen.host_eigvalsh(gram, threads=2).sum().item())
+
+
+def test_a_forked_child_solves_on_pools_of_its_own():
+    """The parent's pool threads do not exist in a fork: a child that reused the pool would wait forever."""
+    import multiprocessing
+
+    list(eigen._pool(2).map(abs, range(4)))  # the parent's pool has started its threads
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_solve_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+    assert queue.get(timeout=5) == 3.0 * 2 * eigen.HOST_MATRICES_PER_THREAD

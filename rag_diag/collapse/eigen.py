@@ -10,6 +10,7 @@ is split over a pool of threads, one per torch thread, each running LAPACK on a 
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -23,6 +24,7 @@ HOST_MATRICES_PER_THREAD = 4
 """Fewest matrices a pool thread is given; smaller batches are solved in one call."""
 
 _pools: dict[int, ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_pools.clear)  # a forked child has none of the pools' threads: it starts its own
 
 
 def _one_openmp_thread() -> None:

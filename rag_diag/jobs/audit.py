@@ -302,8 +302,7 @@ def _estimated_audit(
         *(pl.when(pl.Series(rated)).then(pl.col(c)).otherwise(None).alias(c) for c in unrated))
     clusters = clusters_frame(documents, view, cluster_ids)
     recall = ann_recall(stored, stored.float32_vectors, seeded_sample(n_docs, sample, seed + 1), k)
-    sampled.tokens.release_pages()
-    release_heap()  # the stored vectors the recall check paged in: 0.46 GiB of file pages in RSS at 100,000 else
+    release_heap()  # the stored vectors the recall check paged in, before the evaluation encodes
     estimates = sample_estimates(
         sampled, rows, n_docs, hub_skew=hubs.skewness, duplicate_share=float(np.mean(cluster_ids >= 0)),
         truncated_share=estimate.n_truncated / n_docs, per_query_recall=np.asarray(recall.pop("per_query")))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rag_diag.corpora.io import Corpus, Queries
 from rag_diag.models.mock import MockEncoder
-from rag_diag.retrieval.windowed import WindowedIndex, chunk_words, fits_window
+from rag_diag.retrieval.windowed import WindowedIndex, chunk_words, fit_to_window, fits_window
 from rag_diag.tokens.extract import encode_texts
 
 ENCODER = MockEncoder(max_seq_length=32)  # 32-token window → 16-word chunks, 4 words of overlap
@@ -59,3 +61,51 @@ def test_a_query_matching_the_tail_finds_the_cut_document(tmp_path):
     best = next(iter(run["q"].items()))
     assert best[0] == "cut"
     np.testing.assert_allclose(best[1], 1.0, atol=1e-5)
+
+
+def dense(words: list[str]) -> str:
+    """Each word made of three mock pieces (``x-y-z``), so a chunk of W/2 words overflows a W-token window."""
+    return " ".join(f"{word}-a-b" for word in words)
+
+
+def word_runs(chunks: list[str], words: list[str]) -> list[range]:
+    """The run of ``words`` (distinct) that each chunk is, failing if a chunk is not one contiguous run."""
+    runs = []
+    for chunk in chunks:
+        first = words.index(chunk.split()[0])
+        run = range(first, first + len(chunk.split()))
+        assert chunk.split() == words[run.start : run.stop]
+        runs.append(run)
+    return runs
+
+
+def test_chunks_dense_in_tokens_are_cut_again_until_they_fit(tmp_path):
+    words = [f"d{i}" for i in range(20)]
+    corpus = Corpus(ids=["dense", "dense-short"], texts=[dense(words), dense(words[:12])])  # 62 and 38 tokens
+    index = WindowedIndex.build(corpus, ENCODER)
+    # 16-word chunks are 50 tokens: each is cut into 8-word chunks (2 words of overlap), 26 tokens; the short
+    # text, one 16-word chunk before, is cut too (6-word chunks: 20 tokens)
+    chunks = [piece for parts in fit_to_window(chunk_words(corpus.texts[0], 16, 4), ENCODER) for piece in parts]
+    runs = word_runs(chunks, dense(words).split())
+    assert [(run.start, run.stop) for run in runs] == [(0, 8), (6, 14), (12, 16), (12, 20)]
+    short = fit_to_window([corpus.texts[1]], ENCODER)[0]
+    assert [(run.start, run.stop) for run in word_runs(short, dense(words[:12]).split())] == [(0, 6), (5, 11), (10, 12)]
+    assert max(ENCODER.tokenize(chunks + short).full_lengths) <= ENCODER.max_seq_length
+    assert index.n_chunks_truncated == 0
+    np.testing.assert_array_equal(index.chunk_doc, [0] * len(chunks) + [1] * len(short))
+    expected = unit(encode_texts(chunks + short, model=ENCODER, out=tmp_path / "chunks", cache=False).means())
+    np.testing.assert_allclose(stored_vectors(index), expected, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=60))
+def test_fitted_chunks_fit_and_cover_every_word_in_order(pieces_per_word):
+    """Whatever the tokens per word: every chunk fits the window unless it is one word, chunks are runs of the
+    text's words starting in increasing order, and together they hold every word."""
+    words = [f"w{i}" + "-p" * (n - 1) for i, n in enumerate(pieces_per_word)]
+    chunks = fit_to_window([" ".join(words)], ENCODER)[0]
+    lengths = ENCODER.tokenize(chunks).full_lengths
+    assert all(n <= ENCODER.max_seq_length or len(chunk.split()) == 1 for chunk, n in zip(chunks, lengths, strict=True))
+    runs = word_runs(chunks, words)
+    assert [run.start for run in runs] == sorted(run.start for run in runs)
+    assert set().union(*runs) == set(range(len(words)))

@@ -2,18 +2,22 @@
 
 A document longer than the model window is encoded by a single pass only up to the window; the rest is
 invisible to every pooling. Here each such document is cut into word chunks of ``chunk_words`` words with
-``overlap_words`` words shared by neighbouring chunks (documents whose tokens fit the window stay whole, as
-do documents that fit in one chunk), every chunk is mean-pooled from its own token store, and a document's
-score for a query is the best cosine over its chunks: s(q, d) = max_c cos(μ_q, μ_c).
+``overlap_words`` words shared by neighbouring chunks (documents whose tokens fit the window stay whole), every
+chunk is mean-pooled from its own token store, and a document's score for a query is the best cosine over its
+chunks: s(q, d) = max_c cos(μ_q, μ_c).
 
 Word chunks are sized from the window so that they fit: with W tokens, ``chunk_words = W // 2``
 (English subword tokenizers average ≈ 1.3 tokens per word, so W/2 words stay under W tokens with room
-to spare); a chunk that still overflows is counted in ``n_chunks_truncated``.
+to spare). Text dense in tokens (URLs, code, numbers) can still overflow: a chunk over the window, and a cut
+document short enough to be one chunk, is cut again into chunks of half its words (same overlap share) until
+every chunk fits, so no word of a long document is left unseen (:func:`fit_to_window`). Only a single word
+longer than the window is cut by the encoder; those chunks are counted in ``n_chunks_truncated``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 import faiss
 import numpy as np
@@ -38,6 +42,24 @@ def chunk_words(text: str, size: int, overlap: int) -> list[str]:
     return [" ".join(words[start : start + size]) for start in starts]
 
 
+def fit_to_window(chunks: list[str], encoder: Encoder) -> list[list[str]]:
+    """For each chunk, the chunks it becomes: itself when its tokens fit the encoder's window or it is a single
+    word, else word chunks of half its words (overlap ``OVERLAP_SHARE``), each fitted again. One tokenizer call
+    per round."""
+    if not chunks:
+        return []
+    fitted: list[list[str]] = []
+    for chunk, n_tokens in zip(chunks, encoder.tokenize(chunks).full_lengths, strict=True):
+        n_words = len(chunk.split())
+        if n_tokens <= encoder.max_seq_length or n_words < 2:
+            fitted.append([chunk])
+            continue
+        size = (n_words + 1) // 2
+        halves = fit_to_window(chunk_words(chunk, size, int(size * OVERLAP_SHARE)), encoder)
+        fitted.append([piece for pieces in halves for piece in pieces])
+    return fitted
+
+
 @dataclass
 class WindowedIndex:
     """Chunk vectors of a corpus and the document each chunk belongs to."""
@@ -55,22 +77,25 @@ class WindowedIndex:
     def build(cls, corpus: Corpus, encoder: Encoder, whole: TokenStore | None = None) -> WindowedIndex:
         """Chunk every document to the encoder's window and index the chunks' normalised means.
 
-        ``whole``, the corpus' own token store from the same encoder, serves the documents that fit in
-        one chunk (their only chunk is the whole text), so only the long documents are encoded again.
+        ``whole``, the corpus' own token store from the same encoder, serves the documents that fit the window
+        (their only chunk is the whole text), so only the long documents are encoded again.
         """
         size = max(encoder.max_seq_length // 2, 8)
         reuse = whole is not None and whole.doc_ids == corpus.ids
         fits = fits_window(corpus.texts, encoder, whole if reuse else None)
         pieces = [[text] if fit else chunk_words(text, size, int(size * OVERLAP_SHARE))
                   for text, fit in zip(corpus.texts, fits, strict=True)]
+        cut = np.flatnonzero(~fits)
+        fitted = iter(fit_to_window([chunk for position in cut for chunk in pieces[position]], encoder))
+        for position in cut:
+            pieces[position] = [piece for parts in islice(fitted, len(pieces[position])) for piece in parts]
         vectors, owners = [], []
         if reuse:
             assert whole is not None
-            single = np.array([len(chunks) == 1 for chunks in pieces])
-            vectors.append(whole.means()[single])
-            owners += np.flatnonzero(single).tolist()
+            vectors.append(whole.means()[fits])
+            owners += np.flatnonzero(fits).tolist()
         rest = [(position, chunk) for position, chunks in enumerate(pieces)
-                if not (reuse and len(chunks) == 1) for chunk in chunks]
+                if not (reuse and fits[position]) for chunk in chunks]
         truncated = 0
         if rest:
             store = encode_texts([chunk for _, chunk in rest], model=encoder,

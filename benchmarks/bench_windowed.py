@@ -1,0 +1,93 @@
+"""The windowed candidate on the real ``kb-scale`` knowledge base: what it encodes, and how fast, against
+sentence-transformers ``encode`` of the same chunks.
+
+On N documents (``rag-diag corpora build kb-scale --size N``, all-MiniLM-L6-v2, window 256):
+
+1. the texts the window cuts: how many, their tokens, and the tokens beyond the window (which a truncating
+   encoder, sentence-transformers included, never sees);
+2. their word chunks (``chunk_words``: W/2 words, a quarter of overlap) before and after
+   :func:`rag_diag.retrieval.windowed.fit_to_window`: how many chunks, their tokens, and how many still
+   overflow the window (the encoder would cut them: their words beyond the window are lost);
+3. :meth:`WindowedIndex.build` from the corpus' own token store (built first, not timed), its chunk store
+   written to a fresh folder (not the cache, so nothing is reused), timed, against sentence-transformers
+   ``encode(normalize_embeddings=True)`` (batch 32) of the same chunks in the same run; the ratio, and the
+   largest difference between the two sets of unit chunk vectors.
+
+    python benchmarks/bench_windowed.py [N]      # default 10000
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import build_corpus  # noqa: E402
+
+import rag_diag.retrieval.windowed as windowed  # noqa: E402
+from rag_diag.corpora.io import load_corpus  # noqa: E402
+from rag_diag.models.loading import load_encoder  # noqa: E402
+from rag_diag.models.registry import minilm_path  # noqa: E402
+from rag_diag.tokens.extract import encode_texts  # noqa: E402
+
+
+def chunk_counts(chunks: list[str], encoder: windowed.Encoder) -> str:
+    lengths = np.asarray(encoder.tokenize(chunks).full_lengths)
+    over = lengths > encoder.max_seq_length
+    return (f"{len(chunks):,} chunks, {int(lengths.sum()):,} tokens, {int(over.sum())} over the window "
+            f"({int((lengths[over] - encoder.max_seq_length).sum()):,} tokens the encoder would cut)")
+
+
+def main(n_docs: int) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    encoder = load_encoder("minilm")
+    window = encoder.max_seq_length
+    print(f"kb-scale, {n_docs:,} documents, {encoder.name}, window {window}; {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads")
+    with tempfile.TemporaryDirectory(prefix="rag-diag-windowed-") as tmp:
+        corpus = load_corpus(build_corpus(n_docs, Path(tmp)))
+        whole = encode_texts(corpus.texts, model=encoder, ids=corpus.ids)
+        full = np.asarray(encoder.tokenize(corpus.texts).full_lengths)
+        cut = np.flatnonzero(full > window)
+        print(f"texts the window cuts: {len(cut):,} of {len(corpus):,}, holding {int(full[cut].sum()):,} tokens, "
+              f"{int((full[cut] - window).sum()):,} of them beyond the window")
+        size = max(window // 2, 8)
+        overlap = int(size * windowed.OVERLAP_SHARE)
+        words = [chunk for i in cut for chunk in windowed.chunk_words(corpus.texts[i], size, overlap)]
+        fitted = [piece for parts in windowed.fit_to_window(words, encoder) for piece in parts]
+        print(f"word chunks of {size} words: {chunk_counts(words, encoder)}")
+        print(f"after fit_to_window: {chunk_counts(fitted, encoder)}")
+
+        writes = iter(range(1_000_000))
+        windowed.encode_texts = lambda texts, **kw: encode_texts(  # type: ignore[assignment]
+            texts, **kw, cache=False, out=Path(tmp) / f"chunks-{next(writes)}")
+        start = time.perf_counter()
+        index = windowed.WindowedIndex.build(corpus, encoder, whole)
+        ours = time.perf_counter() - start
+        windowed.encode_texts = encode_texts
+        n_fit = len(corpus) - len(cut)
+        mine = index.index.reconstruct_n(n_fit, index.index.ntotal - n_fit)
+
+        model = SentenceTransformer(str(minilm_path()), device="cpu")
+        model.encode(fitted[:64], batch_size=32)  # warm-up
+        start = time.perf_counter()
+        peer = model.encode(fitted, batch_size=32, normalize_embeddings=True)
+        theirs = time.perf_counter() - start
+        print(f"WindowedIndex.build (the {len(fitted):,} chunks encoded, means, index): {ours:.1f} s; "
+              f"sentence-transformers encode of the same chunks: {theirs:.1f} s; ratio {ours / theirs:.2f}; "
+              f"largest difference of the unit chunk vectors {np.abs(mine - peer).max():.1e}; "
+              f"chunks over the window left: {index.n_chunks_truncated}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)

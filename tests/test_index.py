@@ -13,6 +13,7 @@ from test_index_helpers import licence_beir, licence_bundle  # noqa: F401  (fixt
 from rag_diag.corpora.io import Corpus
 from rag_diag.devices import resolve_faiss_device
 from rag_diag.errors import RagDiagError
+from rag_diag.mapped import _mapped_codes
 from rag_diag.models.mock import MockEncoder
 from rag_diag.pooling import DEFAULT_STRATEGIES, REGISTRY
 from rag_diag.retrieval.bundle import IndexBundle, build_indexes, check_encoder
@@ -59,6 +60,8 @@ def test_in_memory_bundle_round_trips_through_write(mock_bundle, tmp_path):
         # the index file stores the float32 vectors verbatim
         np.testing.assert_array_equal(reopened.reconstruct_n(0, reopened.ntotal),
                                       original.reconstruct_n(0, original.ntotal))
+        # read back, a flat index's vectors are a view of its file, not a heap copy like the built one's
+        assert _mapped_codes(reopened) is not None and _mapped_codes(original) is None
     assert (written.path / "sif" / "stats.npz").is_file()
     assert set(written.stats("sif")) == {"sif_frequency", "sif_component"} and written.stats("mean") == {}
     with pytest.raises(RagDiagError, match="no index for strategy"):

@@ -27,6 +27,7 @@ import numpy as np
 from rag_diag import atomic
 from rag_diag.corpora.io import Corpus, load_corpus
 from rag_diag.errors import RagDiagError
+from rag_diag.mapped import read_index
 from rag_diag.models.protocol import Encoder
 from rag_diag.pooling import fit_stats, get_strategy, index_vectors, parse_strategies, pool_store
 from rag_diag.readers import read_json_object
@@ -72,12 +73,13 @@ class IndexBundle:
         return self.strategy_meta[strategy]
 
     def index(self, strategy: str) -> faiss.Index:
-        """The strategy's FAISS index (read once from disk), checked against its manifest."""
+        """The strategy's FAISS index (read once from disk, a flat index's vectors mapped from the file rather than
+        copied into the heap: :func:`rag_diag.mapped.read_index`), checked against its manifest."""
         meta = self.strategy_manifest(strategy)
         if strategy not in self.indexes:
             assert self.path is not None
             try:
-                index = faiss.read_index(str(self.path / strategy / "index.faiss"))
+                index = read_index(self.path / strategy / "index.faiss")
             except RuntimeError:
                 raise RagDiagError(f"{self.path / strategy}: missing or corrupt index.faiss") from None
             if index.d != meta["dim"] or index.ntotal != meta["n_docs"]:

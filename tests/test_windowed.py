@@ -100,12 +100,11 @@ def test_chunks_dense_in_tokens_are_cut_again_until_they_fit(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=60))
 def test_fitted_chunks_fit_and_cover_every_word_in_order(pieces_per_word):
-    """Whatever the tokens per word: every chunk fits the window unless it is one word, chunks are runs of the
-    text's words starting in increasing order, and together they hold every word."""
+    """Whatever the tokens per word: every chunk fits the window unless it is one word, every chunk is a run of
+    the text's words, and together they hold every word. (Not in order of start: the halves of two overlapping
+    chunks interleave, which the best-chunk score does not see.)"""
     words = [f"w{i}" + "-p" * (n - 1) for i, n in enumerate(pieces_per_word)]
     chunks = fit_to_window([" ".join(words)], ENCODER)[0]
     lengths = ENCODER.tokenize(chunks).full_lengths
     assert all(n <= ENCODER.max_seq_length or len(chunk.split()) == 1 for chunk, n in zip(chunks, lengths, strict=True))
-    runs = word_runs(chunks, words)
-    assert [run.start for run in runs] == sorted(run.start for run in runs)
-    assert set().union(*runs) == set(range(len(words)))
+    assert set().union(*word_runs(chunks, words)) == set(range(len(words)))

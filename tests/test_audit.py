@@ -414,8 +414,11 @@ def test_budget_below_the_token_store_audits_from_shard_built_summaries(kb, mock
     for name, metrics in small_metrics.items():
         assert metrics == whole_metrics[name], name
     kept = small.summary["timings"]["evaluation_documents_kept"]
-    assert kept <= len(kb.ids) and "evaluation_documents_encoded" not in small.summary["timings"]
+    assert kept < len(kb.ids) and "evaluation_documents_encoded" not in small.summary["timings"]
     assert small.summary["long_chunks"] == audited.summary["long_chunks"]
+    # the truncation figures are the corpus', not those of the documents the evaluation kept
+    assert small.diagnosis.summary["truncation"] == audited.diagnosis.summary["truncation"]
+    assert small.diagnosis.summary["truncation"]["n_documents"] == len(kb.ids)
     assert small.summary["exact_duplicates"] == audited.summary["exact_duplicates"]
 
 
@@ -446,6 +449,9 @@ def test_estimate_mode_samples_documents_and_brackets_the_full_audit(kb, mock_st
     sampled_rates = small.documents.filter(pl.col("doc_id").is_in(sampled_ids))["collapse_mean"].to_numpy()
     assert rate["value"] == pytest.approx(float(sampled_rates.mean()), abs=1e-12)
     assert estimates["truncated_share"]["value"] == audited.summary["long_chunks"]["share"]
+    truncation, whole = small.diagnosis.summary["truncation"], audited.diagnosis.summary["truncation"]
+    assert (truncation["n_documents"], truncation["n_truncated"], truncation["tokens_cut"]) == (
+        len(kb.ids), whole["n_truncated"], whole["tokens_cut"])
 
 
 @pytest.mark.slow  # a sampled audit (BM25, fusion, re-rankers)

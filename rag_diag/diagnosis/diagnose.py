@@ -133,6 +133,7 @@ def diagnose(
     corpus: Corpus | None = None,
     queries: Queries | None = None,
     token_store: TokenStore | None = None,
+    corpus_lengths: np.ndarray | None = None,
     command: str = "",
 ) -> Diagnosis:
     """Link ``strategy``'s failures to collapse: per-query and per-failure tables, statistics, verdict.
@@ -144,6 +145,9 @@ def diagnose(
         corpus, queries: for texts and labels in the report (optional).
         token_store: the corpus token store, to compute pair SOCMs missing from the table (default:
             the one the collapse summary names).
+        corpus_lengths: every corpus document's untruncated token count, for the truncation figures (default:
+            the token store's, which may hold only some documents: an audit over summaries keeps only those its
+            evaluation reads).
         command: the command line to record.
     """
     check_same_inputs(evaluation, collapse)
@@ -181,7 +185,8 @@ def diagnose(
         "n_failures_labels_differ": int(failures["labels_differ"].fill_null(False).sum()),
         **corpus_statistics(table, lengths),
         "taxonomy": cause_counts(failures),
-        "truncation": None if store is None else truncation_summary(store.full_lengths, store.window, failures),
+        "truncation": None if store is None else truncation_summary(
+            store.full_lengths if corpus_lengths is None else corpus_lengths, store.window, failures),
         "counterfactual_metric": "P@1 = 1",
         "thresholds": THRESHOLDS,
         "command": command,

@@ -253,7 +253,7 @@ def audit_store(
         command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=plan.rank,
     )
     diagnosis = diagnose(evaluation, collapse, strategy=pooling, corpus=corpus, queries=queries,
-                         token_store=token_store, command=command)
+                         token_store=token_store, corpus_lengths=corpus_pass.full_lengths, command=command)
     summary = _summary(stored, check, knn, hubs, clusters, recall, diagnosis, probes, k_graph, command, findings)
     summary["collapse"]["error_bound"] = corpus_pass.error_bound
     return AuditResult(summary, token_store if corpus_pass.whole else None, documents, clusters, evaluation,
@@ -320,7 +320,7 @@ def _estimated_audit(
         command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=None, estimated=True,
     )
     diagnosis = diagnose(evaluation, collapse, corpus=corpus, queries=queries, token_store=token_store,
-                         command=command)
+                         corpus_lengths=np.asarray(estimate.full_lengths), command=command)
     findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
                 "long_chunks": long_chunks(stored.doc_ids, np.asarray(estimate.full_lengths), encoder.max_seq_length),
                 "estimate": estimate.to_dict(), "estimates": estimates, "timings": timings,

@@ -419,6 +419,11 @@ def test_budget_below_the_token_store_audits_from_shard_built_summaries(kb, mock
     # the truncation figures are the corpus', not those of the documents the evaluation kept
     assert small.diagnosis.summary["truncation"] == audited.diagnosis.summary["truncation"]
     assert small.diagnosis.summary["truncation"]["n_documents"] == len(kb.ids)
+    # over summaries there is no windowed run: the taxonomy says truncation was not checked instead of counting 0
+    causes = {row["cause"]: row for row in small.diagnosis.summary["taxonomy"]}
+    assert causes["truncated"]["not_checked"] == "no windowed run"
+    assert [row["cause"] for row in audited.diagnosis.summary["taxonomy"] if row["not_checked"]] == []
+    assert "Not checked: truncated (no windowed run)." in small.diagnosis.summary["answer"]
     assert small.summary["exact_duplicates"] == audited.summary["exact_duplicates"]
 
 

@@ -23,6 +23,7 @@ from rag_diag.report import (
     render_report,
     word_diff,
 )
+from rag_diag.report.data import CauseRow
 
 HOSTILE = '<script>alert("x")</script><img src="https://example.com/x.png">'
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -41,6 +42,8 @@ def sample_report() -> ReportData:
         ],
         collapse_rates=rng.beta(2, 5, size=300),
         deciles=[DecileRow(d, d / 10, (d + 1) / 10, 12, d, d / 12) for d in range(1, 11)],
+        causes=[CauseRow("lexical", 20, 0.667, "add BM25"), CauseRow("encoder", 10, 0.333, "another model"),
+                CauseRow("truncated", 0, 0.0, "encode long documents in windows", "no windowed run")],
         confusions=[
             Confusion("q1", "gpl two or later", "gpl2+", "under the GNU GPL version 2 or any later version",
                       "gpl3+", "under the GNU GPL version 3 or any later version", 2, 0.31, 0.98,
@@ -112,6 +115,10 @@ def test_markdown_summary_and_tables_beside(rendered):
     assert "| mean+std | 0.740 |" in markdown and "## Verdict: at risk" in markdown
     assert "only in relevant: *2*; only in confuser: *3*" in markdown
     assert "## Hubness" in markdown and "| mit | 14 |" in markdown
+    # a cause that could not be checked is not counted as 0
+    assert "| lexical | 20 | 0.667 | add BM25 |" in markdown
+    assert "| truncated | not checked | — | not checked: no windowed run |" in markdown
+    assert "not checked: no windowed run" in html_path.read_text()
     assert pl.read_parquet(html_path.parent / "failures.parquet")["query_id"].to_list() == ["q1", "q2"]
 
 
@@ -146,7 +153,7 @@ def test_chromium_renders_the_key_elements(rendered, tmp_path):
     assert 'id="title">Licences knowledge base<' in dom
     assert "0.250" in dom and "failure rate" in dom
     assert dom.count("<tr") >= 3 + 10 and 'id="strategy-table"' in dom
-    assert len(re.findall(r'<img[^>]+src="data:image/svg\+xml;base64,', dom)) == 3
+    assert len(re.findall(r'<img[^>]+src="data:image/svg\+xml;base64,', dom)) == 4  # causes, strategies, rates, deciles
     assert dom.count('class="confusion"') == 2 and "<del>2</del>" in dom and "<ins>3</ins>" in dom
 
     screenshot = tmp_path / "report.png"

@@ -7,7 +7,14 @@ import polars as pl
 import pytest
 
 from rag_diag.corpora.io import Qrels, Queries
-from rag_diag.diagnosis.taxonomy import CAUSES, cause_counts, classify, same_words, truncation_summary
+from rag_diag.diagnosis.taxonomy import (
+    CAUSES,
+    cause_counts,
+    classify,
+    same_words,
+    truncation_summary,
+    unchecked_causes,
+)
 from rag_diag.evaluation.result import Ranking
 
 TAIL = "zircon quasar marker nebula pulsar comet orbit galaxy"
@@ -49,9 +56,22 @@ def test_each_cause_by_its_evidence_and_the_documented_precedence():
     causes = dict(zip(table["query_id"].to_list(), table["cause"].to_list(), strict=True))
     assert causes == {"q_dup": "duplicate", "q_trunc": "truncated", "q_lex": "lexical", "q_2nd": "second-order",
                       "q_tok": "token-level", "q_hub": "hub", "q_enc": "encoder"}
-    counts = cause_counts(table)
+    unchecked = unchecked_causes(runs, has_texts=True, window=256, k=10)
+    assert unchecked == {}  # every cause had its evidence
+    counts = cause_counts(table, unchecked)
     assert [row["cause"] for row in counts] == list(CAUSES)
     assert sum(row["n_failures"] for row in counts) == len(failures) == 7
+    assert all(row["not_checked"] is None for row in counts)
+    # without the windowed run the truncated failure falls to the next cause that holds (BM25 fixes it) and the
+    # table says truncation was not checked rather than counting 0
+    without = {name: run for name, run in runs.items() if name != "windowed"}
+    table = classify(failures, without, qrels, texts=texts, full_lengths=lengths, window=256,
+                     hubs={"hub": 25, "conf": 3}, k=10)
+    assert table.filter(pl.col("query_id") == "q_trunc")["cause"].item() == "lexical"
+    rows = {row["cause"]: row for row in cause_counts(table, unchecked_causes(without, has_texts=True, window=256,
+                                                                               k=10))}
+    assert rows["truncated"]["not_checked"] == "no windowed run" and rows["truncated"]["n_failures"] == 0
+    assert [cause for cause, row in rows.items() if row["not_checked"]] == ["truncated"]
     assert table.filter(pl.col("query_id") == "q_trunc")["relevant_truncated"].item() is True
 
 
@@ -61,6 +81,10 @@ def test_missing_evidence_never_invents_a_cause():
     table = classify(failures, {}, Qrels({"q": {"r": 1}}), texts={}, full_lengths={}, window=None, hubs={}, k=None)
     assert table["cause"].to_list() == ["encoder"]
     assert table["same_words"].to_list() == [None]
+    assert unchecked_causes({}, has_texts=False, window=None, k=None) == {
+        "duplicate": "no document texts", "truncated": "no token counts", "lexical": "no bm25 run",
+        "second-order": "no rerank-w2 / rerank-blend / mean+std run",
+        "token-level": "no rerank-maxsim / rerank-hybrid run", "hub": "no kNN graph"}
 
 
 def test_truncation_summary_counts_cut_tokens():
@@ -115,3 +139,18 @@ def test_audit_of_a_planted_store_names_the_planted_causes(tmp_path):
     taxonomy = result.diagnosis.summary["taxonomy"]
     assert sum(row["n_failures"] for row in taxonomy) == result.diagnosis.summary["n_failures"] == len(failures)
     assert result.diagnosis.summary["truncation"]["n_truncated"] >= 1
+
+
+def test_the_short_answer_names_the_causes_it_could_not_check():
+    """The answer's 'why' lists the counted causes, the truncation figures and, last, what was not checked."""
+    from rag_diag.diagnosis.answer import why
+
+    rows = cause_counts(pl.DataFrame({"cause": ["lexical", "encoder", "lexical"]}), {"truncated": "no windowed run"})
+    summary = {"taxonomy": rows, "truncation": {"n_truncated": 3, "n_documents": 40, "window": 256,
+                                                "n_failures_relevant_truncated": 1}}
+    assert why(summary) == (
+        "Primary causes: lexical 2, encoder 1. The largest group is 'lexical': " + rows[2]["advice"] + ". "
+        "3 of 40 documents are longer than the 256-token window (1 failures' relevant documents among them). "
+        "Not checked: truncated (no windowed run).")
+    summary["taxonomy"] = cause_counts(pl.DataFrame({"cause": ["lexical"]}))
+    assert "Not checked" not in why(summary)

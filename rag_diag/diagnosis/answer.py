@@ -25,6 +25,7 @@ def why(summary: Mapping[str, Any]) -> str:
     counts = [row for row in summary.get("taxonomy", []) if row["n_failures"]]
     if not counts:
         return "No query fails."
+    unchecked = [f"{row['cause']} ({row['not_checked']})" for row in summary["taxonomy"] if row.get("not_checked")]
     causes = ", ".join(f"{row['cause']} {row['n_failures']}" for row in counts)
     top = counts[0] if len(counts) == 1 else max(counts, key=lambda row: row["n_failures"])
     text = f"Primary causes: {causes}. The largest group is '{top['cause']}': {top['advice']}."
@@ -33,6 +34,8 @@ def why(summary: Mapping[str, Any]) -> str:
         text += (f" {truncation['n_truncated']} of {truncation['n_documents']} documents are longer than the "
                  f"{truncation['window']}-token window ({truncation['n_failures_relevant_truncated']} failures' "
                  "relevant documents among them).")
+    if unchecked:
+        text += f" Not checked: {', '.join(unchecked)}."
     return text
 
 

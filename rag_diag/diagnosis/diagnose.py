@@ -21,7 +21,7 @@ from rag_diag.collapse.table import CollapseTable
 from rag_diag.corpora.io import Corpus, Queries
 from rag_diag.diagnosis.answer import answer
 from rag_diag.diagnosis.failures import check_known_ids, doc_columns, failure_table, query_table
-from rag_diag.diagnosis.taxonomy import cause_counts, classify, k_occurrence, truncation_summary
+from rag_diag.diagnosis.taxonomy import cause_counts, classify, k_occurrence, truncation_summary, unchecked_causes
 from rag_diag.diagnosis.verdict import HIGH_SOCM_QUANTILE, THRESHOLDS, corpus_statistics, high_socm_null, verdict
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.counterfactual import counterfactual_frame, counterfactuals
@@ -184,7 +184,8 @@ def diagnose(
         "labels_known": bool(labels),
         "n_failures_labels_differ": int(failures["labels_differ"].fill_null(False).sum()),
         **corpus_statistics(table, lengths),
-        "taxonomy": cause_counts(failures),
+        "taxonomy": cause_counts(failures, unchecked_causes(
+            evaluation.runs, has_texts=bool(texts), window=None if store is None else store.window, k=k)),
         "truncation": None if store is None else truncation_summary(
             store.full_lengths if corpus_lengths is None else corpus_lengths, store.window, failures),
         "counterfactual_metric": "P@1 = 1",

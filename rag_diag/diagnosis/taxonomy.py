@@ -20,7 +20,9 @@ A failed query's relevant document was outranked by a *confuser*. The causes, ch
 
 Fixes come before ``hub`` and ``encoder`` because a fix that works is the actionable answer; among the
 fixes the cheaper family comes first (lexical < second-order < token-level in index size and latency).
-Causes whose evidence is missing (no BM25 run, no texts …) are skipped and say so in the table.
+Causes whose evidence is missing (no BM25 run, no texts …) are skipped and say so in the table
+(:func:`unchecked_causes`): a count of 0 there would claim a check that never ran — an audit over summaries,
+for one, runs no windowed candidate, so it cannot tell a ``truncated`` failure from the causes after it.
 """
 
 from __future__ import annotations
@@ -149,13 +151,30 @@ def classify(
     return failures.join(table, on="query_id", how="left")
 
 
-def cause_counts(failures: pl.DataFrame) -> list[dict[str, object]]:
-    """One row per cause (in precedence order): count, share of failures, the advice; counts sum to failures."""
+def unchecked_causes(runs: Mapping[str, Run], *, has_texts: bool, window: int | None,
+                     k: int | None) -> dict[str, str]:
+    """The causes :func:`classify` could not check, each with the evidence that was missing."""
+    missing = {cause: "no " + " / ".join(names) + " run" for cause, names in RUNS_FOR_CAUSE.items()
+               if not any(name in runs for name in names)}
+    if not has_texts:
+        missing["duplicate"] = "no document texts"
+    if window is None:
+        missing["truncated"] = "no token counts"
+    if not k:
+        missing["hub"] = "no kNN graph"
+    return {cause: missing[cause] for cause in CAUSES if cause in missing}
+
+
+def cause_counts(failures: pl.DataFrame, unchecked: Mapping[str, str] | None = None) -> list[dict[str, object]]:
+    """One row per cause (in precedence order): count, share of failures, the advice, and ``not_checked`` (what
+    was missing, for a cause that could not be checked; else None); counts sum to failures."""
     total = len(failures)
+    unchecked = unchecked or {}
     grouped = failures.group_by("cause").len() if total else pl.DataFrame({"cause": [], "len": []})
     counts = dict(zip(grouped["cause"].to_list(), grouped["len"].to_list(), strict=True))
     return [{"cause": cause, "n_failures": int(counts.get(cause, 0)),
-             "share": float(counts.get(cause, 0)) / total if total else 0.0, "advice": CAUSE_ADVICE[cause]}
+             "share": float(counts.get(cause, 0)) / total if total else 0.0, "advice": CAUSE_ADVICE[cause],
+             "not_checked": unchecked.get(cause)}
             for cause in CAUSES]
 
 

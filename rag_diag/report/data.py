@@ -80,6 +80,8 @@ class CauseRow:
     n_failures: int
     share: float
     advice: str
+    not_checked: str | None = None
+    """What was missing when the cause could not be checked (its count then claims nothing)."""
 
 
 @dataclass(frozen=True)

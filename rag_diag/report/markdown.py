@@ -100,9 +100,11 @@ def render_markdown(data: ReportData, html_name: str = "report.html") -> str:
         evidence = "\n".join(f"- {line}" for line in data.verdict.evidence)
         parts.append(f"## Verdict: {data.verdict.label}\n\n{data.verdict.summary}\n\n{evidence}".rstrip())
     if data.causes:
-        rows = [[c.cause, c.n_failures, c.share, c.advice] for c in data.causes]
+        causes: list[list[object]] = [
+            [c.cause, c.n_failures, c.share, c.advice] if c.not_checked is None
+            else [c.cause, "not checked", "—", f"not checked: {c.not_checked}"] for c in data.causes]
         parts.append("## Why queries fail (one primary cause per failure)\n\n"
-                     + table(["cause", "failures", "share", "what to do"], rows))
+                     + table(["cause", "failures", "share", "what to do"], causes))
     if data.strategies:
         parts.append("## Retrieval strategies compared\n\n" + _strategies(data))
     if data.deciles:

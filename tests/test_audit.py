@@ -411,19 +411,33 @@ def test_budget_below_the_token_store_audits_from_shard_built_summaries(kb, mock
     # the re-rankers read the candidates' rows the pass kept (bit for bit the mock's rows): the same scores
     small_metrics, whole_metrics = small.evaluation.manifest["metrics"], audited.evaluation.manifest["metrics"]
     assert [name for name in small_metrics if name.startswith("rerank-")]
-    for name, metrics in small_metrics.items():
-        assert metrics == whole_metrics[name], name
+    # over summaries the windowed candidate is the store's top-k re-ranked by best chunk; the rest is the same
+    assert set(small_metrics) - set(whole_metrics) == {"rerank-windowed"}
+    assert set(whole_metrics) - set(small_metrics) == {"windowed"}
+    for name in set(small_metrics) & set(whole_metrics):
+        assert small_metrics[name] == whole_metrics[name], name
     kept = small.summary["timings"]["evaluation_documents_kept"]
     assert kept < len(kb.ids) and "evaluation_documents_encoded" not in small.summary["timings"]
     assert small.summary["long_chunks"] == audited.summary["long_chunks"]
     # the truncation figures are the corpus', not those of the documents the evaluation kept
     assert small.diagnosis.summary["truncation"] == audited.diagnosis.summary["truncation"]
     assert small.diagnosis.summary["truncation"]["n_documents"] == len(kb.ids)
-    # over summaries there is no windowed run: the taxonomy says truncation was not checked instead of counting 0
-    causes = {row["cause"]: row for row in small.diagnosis.summary["taxonomy"]}
-    assert causes["truncated"]["not_checked"] == "no windowed run"
-    assert [row["cause"] for row in audited.diagnosis.summary["taxonomy"] if row["not_checked"]] == []
-    assert "Not checked: truncated (no windowed run)." in small.diagnosis.summary["answer"]
+    # the windowed re-rank is the one a whole-corpus windowed index gives the same head: the held documents' index
+    # has the same chunks
+    from rag_diag.evaluation.candidates import windowed_rerank_run
+    from rag_diag.retrieval.windowed import WindowedIndex
+    from rag_diag.tokens.extract import encode_texts
+
+    depth = small.evaluation.manifest["rerank"]["depth"]
+    judged = [q for q in queries.ids if q in qrels.judgements]
+    query_store = encode_texts([queries.texts[queries.ids.index(q)] for q in judged], model=mock_encoder, ids=judged)
+    reference = windowed_rerank_run(WindowedIndex.build(kb, mock_encoder, audited.tokens),
+                                    audited.evaluation.runs["mean"], query_store, depth)
+    for query_id, ranking in small.evaluation.runs["rerank-windowed"].items():
+        assert ranking.doc_ids == reference[query_id].doc_ids
+        np.testing.assert_array_equal(ranking.scores, reference[query_id].scores)
+    # and it lets the taxonomy check truncation: no cause is left unchecked
+    assert [row["cause"] for row in small.diagnosis.summary["taxonomy"] if row["not_checked"]] == []
     assert small.summary["exact_duplicates"] == audited.summary["exact_duplicates"]
 
 

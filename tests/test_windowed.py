@@ -108,3 +108,34 @@ def test_fitted_chunks_fit_and_cover_every_word_in_order(pieces_per_word):
     lengths = ENCODER.tokenize(chunks).full_lengths
     assert all(n <= ENCODER.max_seq_length or len(chunk.split()) == 1 for chunk, n in zip(chunks, lengths, strict=True))
     assert set().union(*word_runs(chunks, words)) == set(range(len(words)))
+
+
+def test_windowed_rerank_reorders_the_head_by_best_chunk_and_keeps_the_tail(tmp_path):
+    """rerank-windowed: the head's scores are max over each document's chunk cosines, computed here in float64 from
+    the chunks' own passes; the head is sorted by them, the tail keeps the first stage's order and scores."""
+    from rag_diag.evaluation.candidates import windowed_rerank_run
+    from rag_diag.evaluation.result import Ranking
+
+    whole = encode_texts(CORPUS.texts, model=ENCODER, ids=CORPUS.ids, out=tmp_path / "whole", cache=False)
+    index = WindowedIndex.build(CORPUS, ENCODER, whole)
+    tail = chunk_words(CORPUS.texts[1], 16, 4)[-1]  # matches the cut document's last chunk, beyond the window
+    query_store = encode_texts([tail, "a short text"], model=ENCODER, ids=["q-tail", "q-short"],
+                               out=tmp_path / "q", cache=False)
+    first = {"q-tail": Ranking(["short", "fits-long", "cut"], np.array([0.9, 0.8, 0.1])),
+             "q-short": Ranking(["cut", "short", "fits-long"], np.array([0.7, 0.6, 0.5]))}
+    run = windowed_rerank_run(index, first, query_store, depth=2)
+    chunks = encode_texts(chunk_words(CORPUS.texts[1], 16, 4), model=ENCODER, out=tmp_path / "c", cache=False)
+    vectors = {"fits-long": unit(whole.means()[[0]].astype(np.float64)),
+               "short": unit(whole.means()[[2]].astype(np.float64)),
+               "cut": unit(chunks.means().astype(np.float64))}
+    for query_id, query in zip(["q-tail", "q-short"], unit(query_store.means().astype(np.float64)), strict=True):
+        head = first[query_id].doc_ids[:2]
+        want = {doc: float((vectors[doc] @ query).max()) for doc in head}
+        got = dict(zip(run[query_id].doc_ids[:2], run[query_id].scores[:2], strict=True))
+        assert sorted(got) == sorted(head)  # only the head is re-scored: "cut" stays third for q-tail
+        assert list(got) == sorted(head, key=lambda doc: -want[doc])
+        for doc in head:  # float32 dot products of unit vectors: ≤ d·eps32 apart from float64
+            assert abs(got[doc] - want[doc]) <= ENCODER.dim * np.finfo(np.float32).eps
+        assert run[query_id].doc_ids[2:] == first[query_id].doc_ids[2:]
+        np.testing.assert_array_equal(run[query_id].scores[2:], first[query_id].scores[2:])
+    assert run["q-short"].doc_ids[0] == "short"  # the exact text outranks the cut document's chunks

@@ -9,7 +9,8 @@ A failed query's relevant document was outranked by a *confuser*. The causes, ch
    No retriever can separate them; deduplicate the store or merge the qrels. A one-word difference
    ("version 2" / "version 3") is *not* a duplicate: that is exactly what retrieval must resolve.
 2. ``truncated`` — the relevant document is longer than the model window and windowed encoding
-   (every chunk encoded, best chunk scores) ranks it first: the matching part lay beyond the window.
+   (every chunk encoded, best chunk scores; or, over summaries, the mean top-k re-ranked so) ranks it
+   first: the matching part lay beyond the window.
 3. ``lexical`` — BM25 ranks the relevant document first: names, numbers, versions decide.
 4. ``second-order`` — a second-order scorer (W₂ re-rank, blend, mean+std) ranks it first: the
    two documents are close in mean but their token distributions differ.
@@ -21,8 +22,8 @@ A failed query's relevant document was outranked by a *confuser*. The causes, ch
 Fixes come before ``hub`` and ``encoder`` because a fix that works is the actionable answer; among the
 fixes the cheaper family comes first (lexical < second-order < token-level in index size and latency).
 Causes whose evidence is missing (no BM25 run, no texts …) are skipped and say so in the table
-(:func:`unchecked_causes`): a count of 0 there would claim a check that never ran — an audit over summaries,
-for one, runs no windowed candidate, so it cannot tell a ``truncated`` failure from the causes after it.
+(:func:`unchecked_causes`): a count of 0 there would claim a check that never ran — an evaluation without a
+windowed run, for one, cannot tell a ``truncated`` failure from the causes after it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ CAUSE_ADVICE = {
     "encoder": "no scorer of this encoder separates them: a different embedding model is needed",
 }
 RUNS_FOR_CAUSE = {
-    "truncated": ("windowed",),
+    "truncated": ("windowed", "rerank-windowed"),
     "lexical": ("bm25",),
     "second-order": ("rerank-w2", "rerank-blend", "mean+std"),
     "token-level": ("rerank-maxsim", "rerank-hybrid"),

@@ -255,6 +255,7 @@ def evaluate_bundle(
     corpus: Corpus | None = None,
     lexical: bool = False,
     windowed: bool = False,
+    windowed_rerank: bool = False,
 ) -> EvalResult:
     """Evaluate every strategy of a bundle (and re-rankers of its mean run); nothing is written.
 
@@ -271,6 +272,8 @@ def evaluate_bundle(
         corpus: the bundle's documents (its texts); needed by the ``lexical`` and ``windowed`` candidates.
         lexical: add BM25 and its fusions with ``mean`` (:mod:`rag_diag.evaluation.candidates`).
         windowed: add windowed encoding of long documents.
+        windowed_rerank: without ``windowed``, re-rank the mean top-``config.depth`` by best chunk over the
+            documents of the bundle's token store (``rerank-windowed``).
     """
     if k < 1:
         raise RagDiagError(f"--k must be at least 1, got {k}")
@@ -283,14 +286,15 @@ def evaluate_bundle(
     depth = max(RUN_DEPTH, k)
     runs = collect_runs(bundle, query_store, names, depth, config, device)
     costs = {}
-    if lexical or windowed:
+    if lexical or windowed or windowed_rerank:
         if corpus is None or corpus.ids != bundle.doc_ids or corpus.content_hash() != bundle.manifest.get(
                 "corpus_sha256", corpus.content_hash()):
             raise RagDiagError("lexical and windowed candidates need the bundle's own corpus (same texts, index order)")
         doc_store = bundle.tokens if bundle.tokens is not None or bundle.token_store_path is None \
             else bundle.token_store()
         extra = extra_runs(corpus, queries, query_store, encoder, runs.get(BASELINE), depth, doc_store,
-                           lexical=lexical, windowed=windowed)
+                           lexical=lexical, windowed=windowed,
+                           windowed_rerank=config.depth if windowed_rerank else None)
         runs |= extra.runs
         costs = {"index_bytes": extra.index_bytes, "latency_ms": extra.latency_ms, "build_seconds": extra.build_seconds}
     metrics, significance, table, scores = score_runs(runs, qrels, k)

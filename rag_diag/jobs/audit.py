@@ -66,7 +66,8 @@ from rag_diag.tokens.store import TokenStore
 KIND = "audit"
 AUDIT_RERANKERS = ("w2", "blend", "maxsim")
 """Re-rankers of the store's own top-k tried for every failure (the taxonomy's second-order and token-level
-evidence), next to BM25, its fusion with the store's ranking and windowed encoding."""
+evidence), next to BM25, its fusion with the store's ranking and windowed encoding (the whole corpus when the
+token store is held, else the store's top-k re-ranked by best chunk: ``rerank-windowed``)."""
 TOP_HUBS = 10
 TIE_DEPTH, TIE_ATOL = 10, 1e-6
 """--estimate rates each query's top hit and the documents tied with it: float32 cosines within TIE_ATOL (a few
@@ -241,7 +242,8 @@ def audit_store(
     bundle.tokens = token_store
     started = time.perf_counter()
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
-                                 corpus=corpus, lexical=True, windowed=corpus_pass.whole, command=command)
+                                 corpus=corpus, lexical=True, windowed=corpus_pass.whole,
+                                 windowed_rerank=not corpus_pass.whole, command=command)
     corpus_pass.timings |= {"evaluation_seconds": time.perf_counter() - started,
                             "peak_rss_gib_after_evaluation": peak_rss_gib()}
     release_heap()  # the evaluation's freed buffers (BM25's build, the re-rankers) before the diagnosis
@@ -311,7 +313,7 @@ def _estimated_audit(
     token_store = evaluation_store(None, bundle, stored, queries, qrels, encoder, timings)
     bundle.tokens = token_store
     evaluation = evaluate_bundle(bundle, queries, qrels, k=k, model=encoder, rerankers=list(AUDIT_RERANKERS),
-                                 corpus=corpus, lexical=True, windowed=False, command=command)
+                                 corpus=corpus, lexical=True, windowed=False, windowed_rerank=True, command=command)
     timings["peak_rss_gib_after_evaluation"] = peak_rss_gib()
     knn = sampled.knn
     collapse = CollapseTable.build(

@@ -16,7 +16,8 @@ longer than the window is cut by the encoder; those chunks are counted in ``n_ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 
 import faiss
@@ -68,6 +69,7 @@ class WindowedIndex:
     chunk_doc: np.ndarray
     index: faiss.Index
     n_chunks_truncated: int
+    _chunks_of: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def index_bytes(self) -> int:
@@ -103,14 +105,14 @@ class WindowedIndex:
             vectors.append(store.means())
             owners += [position for position, _ in rest]
             truncated = 0 if store.report is None else store.report.n_truncated
-        matrix = _unit(np.concatenate(vectors))
+        matrix = unit_rows(np.concatenate(vectors))
         index = faiss.IndexFlatIP(matrix.shape[1])
         index.add(matrix)
         return cls(list(corpus.ids), np.asarray(owners, dtype=np.int64), index, truncated)
 
     def search(self, queries: Queries, query_store: TokenStore, depth: int) -> dict[str, dict[str, float]]:
         """Top-``depth`` documents per query by their best chunk's cosine."""
-        vectors = _unit(query_store.means())
+        vectors = unit_rows(query_store.means())
         scores, rows = self.index.search(vectors, min(self.index.ntotal, depth * 4))
         run: dict[str, dict[str, float]] = {}
         for query_id, row_scores, row_chunks in zip(queries.ids, scores, rows, strict=True):
@@ -122,6 +124,19 @@ class WindowedIndex:
                 best[doc_id] = max(best.get(doc_id, -np.inf), score)
             run[query_id] = dict(sorted(best.items(), key=lambda item: (-item[1], item[0]))[:depth])
         return run
+
+
+    def best_chunk_scores(self, query: np.ndarray, doc_ids: Sequence[str]) -> np.ndarray:
+        """s(q, d) = max_c ⟨q, μ̂_c⟩ over the chunks c of each document in ``doc_ids``, for a unit query vector q:
+        the score :meth:`search` ranks by, in float32 as FAISS computes it."""
+        if not self._chunks_of:
+            vectors = self.index.reconstruct_n(0, self.index.ntotal)
+            order = np.argsort(self.chunk_doc, kind="stable")
+            bounds = np.searchsorted(self.chunk_doc[order], np.arange(len(self.doc_ids) + 1))
+            for position, doc_id in enumerate(self.doc_ids):
+                self._chunks_of[doc_id] = vectors[order[bounds[position] : bounds[position + 1]]]
+        query = np.asarray(query, dtype=np.float32)
+        return np.array([float((self._chunks_of[doc_id] @ query).max()) for doc_id in doc_ids])
 
 
 def fits_window(texts: list[str], encoder: Encoder, whole: TokenStore | None = None) -> np.ndarray:
@@ -141,7 +156,8 @@ def fits_window(texts: list[str], encoder: Encoder, whole: TokenStore | None = N
     return fits
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows divided by their norm (float64, norms clipped at 1e-12), as float32."""
     vectors = np.asarray(vectors, dtype=np.float64)
     return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12),
                                 dtype=np.float32)

@@ -11,7 +11,7 @@ counterfactual treats it alike:
 - ``windowed``: :class:`rag_diag.retrieval.windowed.WindowedIndex` (best chunk of each document);
 - ``rerank-windowed``: where windowing every document is too costly (an audit over summaries), each query's mean
   top-N re-scored by its best chunk, over a windowed index of only the documents the token store holds
-  (:func:`windowed_rerank`): like the other re-rankers it reorders the head and keeps the tail.
+  (:func:`windowed_rerank_run`): like the other re-rankers it reorders the head and keeps the tail.
 """
 
 from __future__ import annotations

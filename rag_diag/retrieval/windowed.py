@@ -125,10 +125,9 @@ class WindowedIndex:
             run[query_id] = dict(sorted(best.items(), key=lambda item: (-item[1], item[0]))[:depth])
         return run
 
-
     def best_chunk_scores(self, query: np.ndarray, doc_ids: Sequence[str]) -> np.ndarray:
         """s(q, d) = max_c ⟨q, μ̂_c⟩ over the chunks c of each document in ``doc_ids``, for a unit query vector q:
-        the score :meth:`search` ranks by, in float32 as FAISS computes it."""
+        the score :meth:`search` ranks by (float32 products of the indexed unit chunk means)."""
         if not self._chunks_of:
             vectors = self.index.reconstruct_n(0, self.index.ntotal)
             order = np.argsort(self.chunk_doc, kind="stable")

@@ -35,7 +35,7 @@ def test_chunk_words_by_hand():
 def test_only_texts_cut_by_the_window_are_chunked(tmp_path):
     np.testing.assert_array_equal(fits_window(CORPUS.texts, ENCODER), [True, False, True])
     whole = encode_texts(CORPUS.texts, model=ENCODER, ids=CORPUS.ids, out=tmp_path / "whole", cache=False)
-    np.testing.assert_array_equal(fits_window(CORPUS.texts, ENCODER, whole), [True, False, True])
+    np.testing.assert_array_equal(fits_window(CORPUS.texts, ENCODER, whole.lengths), [True, False, True])
     index = WindowedIndex.build(CORPUS, ENCODER, whole)
     chunks = chunk_words(CORPUS.texts[1], 16, 4)
     assert len(chunks) == 5
@@ -139,3 +139,20 @@ def test_windowed_rerank_reorders_the_head_by_best_chunk_and_keeps_the_tail(tmp_
         assert run[query_id].doc_ids[2:] == first[query_id].doc_ids[2:]
         np.testing.assert_array_equal(run[query_id].scores[2:], first[query_id].scores[2:])
     assert run["q-short"].doc_ids[0] == "short"  # the exact text outranks the cut document's chunks
+
+
+def test_a_store_holding_more_documents_in_another_order_serves_those_that_fit(tmp_path):
+    """Building over some documents with a token store of more (in another order): the ones that fit take the
+    store's means, the cut ones are chunked and encoded. The store here holds other words under the id "short",
+    so its vector shows where it came from."""
+    whole = encode_texts(["other words here", CORPUS.texts[0], CORPUS.texts[1]], model=ENCODER,
+                         ids=["short", "fits-long", "cut"], out=tmp_path / "whole", cache=False)
+    subset = Corpus(ids=["short", "cut"], texts=[CORPUS.texts[2], CORPUS.texts[1]])
+    served = WindowedIndex.build(subset, ENCODER, whole)
+    fresh = WindowedIndex.build(subset, ENCODER)
+    np.testing.assert_array_equal(served.chunk_doc, [0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(fresh.chunk_doc, served.chunk_doc)
+    bound = (ENCODER.dim + 4) * np.finfo(np.float32).eps  # two float32 normalisations of one vector
+    np.testing.assert_allclose(stored_vectors(served)[1:], stored_vectors(fresh)[1:], atol=bound)
+    np.testing.assert_allclose(stored_vectors(served)[0], unit(whole.means()[[0]].astype(np.float64))[0], atol=bound)
+    assert np.abs(stored_vectors(served)[0] - stored_vectors(fresh)[0]).max() > 0.1

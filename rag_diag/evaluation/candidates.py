@@ -10,7 +10,7 @@ counterfactual treats it alike:
   (min-max normalised), one run per weight so the weight can be tuned in-fold;
 - ``windowed``: :class:`rag_diag.retrieval.windowed.WindowedIndex` (best chunk of each document);
 - ``rerank-windowed``: where windowing every document is too costly (an audit over summaries), each query's mean
-  top-N re-scored by its best chunk, over a windowed index of only the documents the token store holds
+  top-N re-scored by its best chunk, over a windowed index of only those N documents of every query
   (:func:`windowed_rerank_run`): like the other re-rankers it reorders the head and keeps the tail.
 """
 
@@ -66,7 +66,8 @@ def extra_runs(
     fusion_weights: Sequence[float] = FUSION_WEIGHTS,
 ) -> ExtraRuns:
     """BM25, its fusions with the ``mean`` run, and windowed encoding, as requested; without ``windowed``,
-    ``windowed_rerank`` = N re-ranks the ``mean`` run's top N by best chunk over ``doc_store``'s documents."""
+    ``windowed_rerank`` = N re-ranks the ``mean`` run's top N by best chunk (``doc_store`` must hold those
+    documents: it serves the ones that fit the window)."""
     from rag_diag.retrieval.fusion import fuse_runs
     from rag_diag.retrieval.lexical import BM25Index
     from rag_diag.retrieval.windowed import WindowedIndex
@@ -100,8 +101,9 @@ def extra_runs(
     elif windowed_rerank and mean_run is not None and doc_store is not None:
         started = time.perf_counter()
         text_of = dict(zip(corpus.ids, corpus.texts, strict=True))
-        held = Corpus(ids=list(doc_store.doc_ids), texts=[text_of[doc_id] for doc_id in doc_store.doc_ids])
-        index = WindowedIndex.build(held, encoder, doc_store)
+        heads = list(dict.fromkeys(doc_id for ranking in mean_run.values()
+                                   for doc_id in ranking.doc_ids[:windowed_rerank]))
+        index = WindowedIndex.build(Corpus(ids=heads, texts=[text_of[doc_id] for doc_id in heads]), encoder, doc_store)
         extra.build_seconds["rerank-windowed"] = time.perf_counter() - started
         started = time.perf_counter()
         extra.runs["rerank-windowed"] = windowed_rerank_run(index, mean_run, query_store, windowed_rerank)

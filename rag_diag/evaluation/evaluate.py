@@ -272,8 +272,8 @@ def evaluate_bundle(
         corpus: the bundle's documents (its texts); needed by the ``lexical`` and ``windowed`` candidates.
         lexical: add BM25 and its fusions with ``mean`` (:mod:`rag_diag.evaluation.candidates`).
         windowed: add windowed encoding of long documents.
-        windowed_rerank: without ``windowed``, re-rank the mean top-``config.depth`` by best chunk over the
-            documents of the bundle's token store (``rerank-windowed``).
+        windowed_rerank: without ``windowed``, re-rank the mean top-``config.depth`` by best chunk
+            (``rerank-windowed``; the bundle's token store must hold those documents).
     """
     if k < 1:
         raise RagDiagError(f"--k must be at least 1, got {k}")

@@ -79,12 +79,15 @@ class WindowedIndex:
     def build(cls, corpus: Corpus, encoder: Encoder, whole: TokenStore | None = None) -> WindowedIndex:
         """Chunk every document to the encoder's window and index the chunks' normalised means.
 
-        ``whole``, the corpus' own token store from the same encoder, serves the documents that fit the window
-        (their only chunk is the whole text), so only the long documents are encoded again.
+        ``whole``, a token store of the same encoder holding every document of the corpus (in any order, among
+        others), serves the documents that fit the window (their only chunk is the whole text), so only the long
+        documents are encoded again.
         """
         size = max(encoder.max_seq_length // 2, 8)
-        reuse = whole is not None and whole.doc_ids == corpus.ids
-        fits = fits_window(corpus.texts, encoder, whole if reuse else None)
+        row_of = {} if whole is None else {doc_id: row for row, doc_id in enumerate(whole.doc_ids)}
+        reuse = whole is not None and all(doc_id in row_of for doc_id in corpus.ids)
+        rows = np.array([row_of[doc_id] for doc_id in corpus.ids], dtype=np.int64) if reuse else None
+        fits = fits_window(corpus.texts, encoder, None if rows is None or whole is None else whole.lengths[rows])
         pieces = [[text] if fit else chunk_words(text, size, int(size * OVERLAP_SHARE))
                   for text, fit in zip(corpus.texts, fits, strict=True)]
         cut = np.flatnonzero(~fits)
@@ -93,8 +96,8 @@ class WindowedIndex:
             pieces[position] = [piece for parts in islice(fitted, len(pieces[position])) for piece in parts]
         vectors, owners = [], []
         if reuse:
-            assert whole is not None
-            vectors.append(whole.means()[fits])
+            assert whole is not None and rows is not None
+            vectors.append(whole.means()[rows[fits]])
             owners += np.flatnonzero(fits).tolist()
         rest = [(position, chunk) for position, chunks in enumerate(pieces)
                 if not (reuse and fits[position]) for chunk in chunks]
@@ -138,16 +141,17 @@ class WindowedIndex:
         return np.array([float((self._chunks_of[doc_id] @ query).max()) for doc_id in doc_ids])
 
 
-def fits_window(texts: list[str], encoder: Encoder, whole: TokenStore | None = None) -> np.ndarray:
+def fits_window(texts: list[str], encoder: Encoder, stored_lengths: np.ndarray | None = None) -> np.ndarray:
     """Whether each text's tokens (special tokens included) fit the encoder's window.
 
-    With ``whole``, the texts' own token store, a text stored with fewer tokens than the window fits; only the
-    texts stored at the full window are tokenised again, to tell an exact fit from a cut.
+    With ``stored_lengths``, each text's token count in a token store of the same encoder (cut to the window), a
+    text stored with fewer tokens than the window fits; only the texts stored at the full window are tokenised
+    again, to tell an exact fit from a cut.
     """
     window = encoder.max_seq_length
     fits = np.zeros(len(texts), dtype=bool)
-    if whole is not None:
-        fits = whole.lengths < window
+    if stored_lengths is not None:
+        fits = np.asarray(stored_lengths) < window
     unsure = np.flatnonzero(~fits)
     if len(unsure):
         full = encoder.tokenize([texts[i] for i in unsure]).full_lengths

@@ -21,10 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from rag_diag.corpora.io import Corpus, Queries
-from rag_diag.evaluation.result import Ranking, Run, from_scores, run_scores
+from rag_diag.evaluation.result import Run, from_scores, rescored_head, run_scores
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import release_heap
 from rag_diag.tokens.store import TokenStore
@@ -122,9 +120,6 @@ def windowed_rerank_run(index: WindowedIndex, first_stage: Run, query_store: Tok
     queries = unit_rows(query_store.means())
     run: Run = {}
     for query_id, ranking in first_stage.items():
-        head = ranking.doc_ids[:depth]
-        scores = index.best_chunk_scores(queries[query_row[query_id]], head)
-        order = np.argsort(-scores, kind="stable")
-        run[query_id] = Ranking([head[i] for i in order] + ranking.doc_ids[depth:],
-                                np.concatenate([scores[order], ranking.scores[depth:]]))
+        scores = index.best_chunk_scores(queries[query_row[query_id]], ranking.doc_ids[:depth])
+        run[query_id] = rescored_head(ranking, depth, scores)
     return run

@@ -49,6 +49,15 @@ class Ranking:
 Run = dict[str, Ranking]
 
 
+def rescored_head(ranking: Ranking, depth: int, scores: np.ndarray) -> Ranking:
+    """``ranking`` with its first ``depth`` documents re-scored by ``scores`` and sorted by them (stable, highest
+    first); the tail keeps its order and scores."""
+    head = ranking.doc_ids[:depth]
+    order = np.argsort(-scores, kind="stable")
+    return Ranking([head[i] for i in order] + ranking.doc_ids[depth:],
+                   np.concatenate([scores[order], ranking.scores[depth:]]))
+
+
 def monotone_scores(scores: np.ndarray) -> np.ndarray:
     """s'_1 = s_1, s'_r = min(s_r, nextafter(s'_{r−1}, −∞)) in float32: strictly decreasing in float32.
 

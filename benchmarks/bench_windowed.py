@@ -11,7 +11,10 @@ On N documents (``rag-diag corpora build kb-scale --size N``, all-MiniLM-L6-v2, 
 3. :meth:`WindowedIndex.build` from the corpus' own token store (built first, not timed), its chunk store
    written to a fresh folder (not the cache, so nothing is reused), timed, against sentence-transformers
    ``encode(normalize_embeddings=True)`` (batch 32) of the same chunks in the same run; the ratio, and the
-   largest difference between the two sets of unit chunk vectors.
+   largest difference between the two sets of unit chunk vectors;
+4. the build's peak RSS above its start (VmRSS sampled every 20 ms, the heap handed back before it) with its
+   default batch (``CHUNK_BATCH_TOKENS // W`` chunks a pass) and again with 32 chunks a pass, the batch it used
+   before, and the time of each.
 
     python benchmarks/bench_windowed.py [N]      # default 10000
 """
@@ -27,6 +30,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import TypeVar  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -37,6 +44,7 @@ import rag_diag.retrieval.windowed as windowed  # noqa: E402
 from rag_diag.corpora.io import load_corpus  # noqa: E402
 from rag_diag.models.loading import load_encoder  # noqa: E402
 from rag_diag.models.registry import minilm_path  # noqa: E402
+from rag_diag.progress import release_heap  # noqa: E402
 from rag_diag.tokens.extract import encode_texts  # noqa: E402
 
 
@@ -45,6 +53,35 @@ def chunk_counts(chunks: list[str], encoder: windowed.Encoder) -> str:
     over = lengths > encoder.max_seq_length
     return (f"{len(chunks):,} chunks, {int(lengths.sum()):,} tokens, {int(over.sum())} over the window "
             f"({int((lengths[over] - encoder.max_seq_length).sum()):,} tokens the encoder would cut)")
+
+
+T = TypeVar("T")
+
+
+def vm_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def timed_peak(build: Callable[[], T]) -> tuple[T, float, float]:
+    """(result, seconds, peak VmRSS above the start in GiB) of ``build()``, sampled every 20 ms."""
+    release_heap()
+    start_rss, peak, done = vm_rss_gib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], vm_rss_gib())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    result = build()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    return result, seconds, max(peak[0], vm_rss_gib()) - start_rss
 
 
 def main(n_docs: int) -> None:
@@ -71,9 +108,8 @@ def main(n_docs: int) -> None:
         writes = iter(range(1_000_000))
         windowed.encode_texts = lambda texts, **kw: encode_texts(  # type: ignore[assignment]
             texts, **kw, cache=False, out=Path(tmp) / f"chunks-{next(writes)}")
-        start = time.perf_counter()
-        index = windowed.WindowedIndex.build(corpus, encoder, whole)
-        ours = time.perf_counter() - start
+        index, ours, ours_peak = timed_peak(lambda: windowed.WindowedIndex.build(corpus, encoder, whole))
+        old, old_seconds, old_peak = timed_peak(lambda: windowed.WindowedIndex.build(corpus, encoder, whole, 32))
         windowed.encode_texts = encode_texts
         n_fit = len(corpus) - len(cut)
         mine = index.index.reconstruct_n(n_fit, index.index.ntotal - n_fit)
@@ -87,6 +123,10 @@ def main(n_docs: int) -> None:
               f"sentence-transformers encode of the same chunks: {theirs:.1f} s; ratio {ours / theirs:.2f}; "
               f"largest difference of the unit chunk vectors {np.abs(mine - peer).max():.1e}; "
               f"chunks over the window left: {index.n_chunks_truncated}")
+        batch = max(1, windowed.CHUNK_BATCH_TOKENS // window)
+        print(f"build's peak RSS above its start: {ours_peak:.3f} GiB with {batch} chunks a pass ({ours:.1f} s), "
+              f"{old_peak:.3f} GiB with 32 ({old_seconds:.1f} s, run second); largest difference of their unit "
+              f"chunk vectors {np.abs(mine - old.index.reconstruct_n(n_fit, old.index.ntotal - n_fit)).max():.1e}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ from rag_diag.tokens.store import TokenStore
 OVERLAP_SHARE = 0.25
 """Share of a chunk's words repeated at the start of the next chunk, so a sentence cut at a boundary
 is whole in one of the two."""
+CHUNK_BATCH_TOKENS = 2048
+"""Window tokens per forward pass when chunks are encoded: ``CHUNK_BATCH_TOKENS // W`` chunks a batch (8 at
+W = 256). Chunks nearly fill the window, so a batch of 32 is 32 full-window passes at once, and its activations
+(attention alone: 32 · 12 heads · 256² floats, 100 MB) set the audit's peak RSS where windowed encoding runs
+(``benchmarks/bench_windowed.py`` measures both batch sizes)."""
 
 
 def chunk_words(text: str, size: int, overlap: int) -> list[str]:
@@ -76,12 +81,13 @@ class WindowedIndex:
         return int(self.index.ntotal * self.index.d * 4 + self.chunk_doc.nbytes)
 
     @classmethod
-    def build(cls, corpus: Corpus, encoder: Encoder, whole: TokenStore | None = None) -> WindowedIndex:
+    def build(cls, corpus: Corpus, encoder: Encoder, whole: TokenStore | None = None,
+              batch_size: int | None = None) -> WindowedIndex:
         """Chunk every document to the encoder's window and index the chunks' normalised means.
 
         ``whole``, a token store of the same encoder holding every document of the corpus (in any order, among
         others), serves the documents that fit the window (their only chunk is the whole text), so only the long
-        documents are encoded again.
+        documents are encoded again, ``batch_size`` chunks a pass (default: :data:`CHUNK_BATCH_TOKENS` tokens' worth).
         """
         size = max(encoder.max_seq_length // 2, 8)
         row_of = {} if whole is None else {doc_id: row for row, doc_id in enumerate(whole.doc_ids)}
@@ -104,6 +110,7 @@ class WindowedIndex:
         truncated = 0
         if rest:
             store = encode_texts([chunk for _, chunk in rest], model=encoder,
+                                 batch_size=batch_size or max(1, CHUNK_BATCH_TOKENS // encoder.max_seq_length),
                                  ids=[f"{corpus.ids[p]}#{i}" for i, (p, _) in enumerate(rest)])
             vectors.append(store.means())
             owners += [position for position, _ in rest]

@@ -30,7 +30,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import TypeVar  # noqa: E402
 
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_knn_heap import PeakSampler  # noqa: E402
 from bench_scale import build_corpus  # noqa: E402
 
 import rag_diag.retrieval.windowed as windowed  # noqa: E402
@@ -58,30 +58,14 @@ def chunk_counts(chunks: list[str], encoder: windowed.Encoder) -> str:
 T = TypeVar("T")
 
 
-def vm_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def timed_peak(build: Callable[[], T]) -> tuple[T, float, float]:
-    """(result, seconds, peak VmRSS above the start in GiB) of ``build()``, sampled every 20 ms."""
+def timed_peak(sampler: PeakSampler, build: Callable[[], T]) -> tuple[T, float, float]:
+    """(result, seconds, peak VmRSS above the start in GiB) of ``build()``, the heap handed back before it."""
     release_heap()
-    start_rss, peak, done = vm_rss_gib(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], vm_rss_gib())
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    start_rss = sampler.reset()
     started = time.perf_counter()
     result = build()
     seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    return result, seconds, max(peak[0], vm_rss_gib()) - start_rss
+    return result, seconds, max(sampler.peak, sampler.now()) - start_rss
 
 
 def main(n_docs: int) -> None:
@@ -108,8 +92,10 @@ def main(n_docs: int) -> None:
         writes = iter(range(1_000_000))
         windowed.encode_texts = lambda texts, **kw: encode_texts(  # type: ignore[assignment]
             texts, **kw, cache=False, out=Path(tmp) / f"chunks-{next(writes)}")
-        index, ours, ours_peak = timed_peak(lambda: windowed.WindowedIndex.build(corpus, encoder, whole))
-        old, old_seconds, old_peak = timed_peak(lambda: windowed.WindowedIndex.build(corpus, encoder, whole, 32))
+        sampler = PeakSampler()
+        index, ours, ours_peak = timed_peak(sampler, lambda: windowed.WindowedIndex.build(corpus, encoder, whole))
+        old, old_seconds, old_peak = timed_peak(
+            sampler, lambda: windowed.WindowedIndex.build(corpus, encoder, whole, 32))
         windowed.encode_texts = encode_texts
         n_fit = len(corpus) - len(cut)
         mine = index.index.reconstruct_n(n_fit, index.index.ntotal - n_fit)

@@ -3,7 +3,8 @@
 A document longer than the model window is encoded by a single pass only up to the window; the rest is
 invisible to every pooling. Here each such document is cut into word chunks of ``chunk_words`` words with
 ``overlap_words`` words shared by neighbouring chunks (documents whose tokens fit the window stay whole), every
-chunk is mean-pooled from its own token store, and a document's score for a query is the best cosine over its
+chunk is mean-pooled from its own forward pass (only the means are kept:
+:func:`rag_diag.tokens.means.encode_means`), and a document's score for a query is the best cosine over its
 chunks: s(q, d) = max_c cos(μ_q, μ_c).
 
 Word chunks are sized from the window so that they fit: with W tokens, ``chunk_words = W // 2``
@@ -25,7 +26,7 @@ import numpy as np
 
 from rag_diag.corpora.io import Corpus, Queries
 from rag_diag.models.protocol import Encoder
-from rag_diag.tokens.extract import encode_texts
+from rag_diag.tokens.means import encode_means
 from rag_diag.tokens.store import TokenStore
 
 OVERLAP_SHARE = 0.25
@@ -109,12 +110,11 @@ class WindowedIndex:
                 if not (reuse and fits[position]) for chunk in chunks]
         truncated = 0
         if rest:
-            store = encode_texts([chunk for _, chunk in rest], model=encoder,
-                                 batch_size=batch_size or max(1, CHUNK_BATCH_TOKENS // encoder.max_seq_length),
-                                 ids=[f"{corpus.ids[p]}#{i}" for i, (p, _) in enumerate(rest)])
-            vectors.append(store.means())
+            means, truncated = encode_means([chunk for _, chunk in rest], encoder,
+                                            batch_size or max(1, CHUNK_BATCH_TOKENS // encoder.max_seq_length),
+                                            f"windowed: encoding {len(rest):,} chunks")
+            vectors.append(means)
             owners += [position for position, _ in rest]
-            truncated = 0 if store.report is None else store.report.n_truncated
         matrix = unit_rows(np.concatenate(vectors))
         index = faiss.IndexFlatIP(matrix.shape[1])
         index.add(matrix)

@@ -28,6 +28,7 @@ from rag_diag.models.registry import cache_root
 from rag_diag.progress import progress_bar, release_heap
 from rag_diag.tokens.cache import cache_key
 from rag_diag.tokens.estimate import batch_slices
+from rag_diag.tokens.extract import RELEASE_BYTES
 
 PROGRESS_TEXTS = 500
 """A bar is drawn from this many texts up (≈ 10 s of passes of full-window chunks on 2 cores)."""
@@ -66,6 +67,7 @@ def encode_means(texts: Sequence[str], encoder: Encoder, batch_size: int = 32,
     lengths = [len(row) for row in tokenized.input_ids]
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     means = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    unreleased = 0
     with progress_bar(description, len(texts), enabled=len(texts) >= PROGRESS_TEXTS) as advance:
         for part in batch_slices([lengths[i] for i in order], batch_size):
             batch = order[part]
@@ -74,7 +76,11 @@ def encode_means(texts: Sequence[str], encoder: Encoder, batch_size: int = 32,
                 n = lengths[index]
                 means[index] = states[position, :n].sum(axis=0, dtype=np.float64) / n
             advance(len(batch))
-    release_heap()  # the passes' freed activations
+            unreleased += states.nbytes
+            if unreleased >= RELEASE_BYTES:  # the passes' freed activations, as the token extractor hands them back
+                release_heap()
+                unreleased = 0
+    release_heap()
     buffer = io.BytesIO()
     np.save(buffer, means, allow_pickle=False)
     atomic.write_bytes(path, buffer.getvalue())

@@ -6,6 +6,8 @@ results differ by far less than half a float32 ulp, so after rounding to float32
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -33,17 +35,24 @@ def test_means_equal_the_store_means_and_count_the_cut_texts(tmp_path):
     assert not (tmp_path / "cache" / "tokens").exists()  # no token store was written
 
 
-def test_the_cache_is_read_and_a_wrong_file_is_replaced(tmp_path):
+def save(path, means: np.ndarray, crc: int | None = None) -> None:
+    np.savez(path, means=means, crc32=np.uint32(zlib.crc32(means.tobytes()) if crc is None else crc))
+
+
+def test_the_cache_is_read_and_a_wrong_file_is_replaced():
     means, _ = encode_means(TEXTS, MOCK)
     path = means_path(TEXTS, MOCK)
     planted = np.full_like(means, 7.0)
-    np.save(path, planted)
+    save(path, planted)
     np.testing.assert_array_equal(encode_means(TEXTS, MOCK)[0], planted)  # read, not encoded again
-    np.save(path, planted[:2])  # another shape: encoded again and rewritten
-    np.testing.assert_array_equal(encode_means(TEXTS, MOCK)[0], means)
-    np.testing.assert_array_equal(np.load(path), means)
-    path.write_bytes(b"not an array")
-    np.testing.assert_array_equal(encode_means(TEXTS, MOCK)[0], means)
+    for wrong in (lambda: save(path, planted[:2]),  # another shape
+                  lambda: save(path, planted, crc=zlib.crc32(planted.tobytes()) ^ 1),  # damaged
+                  lambda: save(path, planted.astype(np.float64)),  # another dtype
+                  lambda: path.write_bytes(b"not an array")):
+        wrong()
+        np.testing.assert_array_equal(encode_means(TEXTS, MOCK)[0], means)  # encoded again
+        with np.load(path) as rewritten:
+            np.testing.assert_array_equal(rewritten["means"], means)
 
 
 def test_the_key_follows_the_texts_and_their_order():

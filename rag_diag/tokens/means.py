@@ -5,17 +5,19 @@ A token store keeps every token state, T · d · 4 bytes; windowed encoding need
 forward passes are the token extractor's (same tokenisation, same length-sorted batches) and each text's states
 are summed in float64 and divided by n as they leave the pass, so nothing but the N × d means is written:
 on 10,000 ``kb-scale`` documents the 3,462 chunks of the 538 documents the window cuts are 551,094 tokens, an
-807 MiB token store, or 5 MiB of means.
+810 MiB token store, or 5 MiB of means (``benchmarks/bench_windowed.py``).
 
-The means are cached at ``cache_root()/means/<key>.npy`` under the key of the token store the same texts would
+The means are cached at ``cache_root()/means/<key>.npz`` under the key of the token store the same texts would
 have (:func:`rag_diag.tokens.cache.cache_key`, last layer, float32), so a second evaluation of a corpus does not
-encode its chunks again. The file is written atomically; one of another shape or dtype is encoded again.
+encode its chunks again. The file is written atomically with the CRC-32 of the means; one that does not load, or
+whose shape, dtype or CRC-32 is not the expected one, is encoded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,18 +40,21 @@ def means_path(texts: Sequence[str], encoder: Encoder) -> Path:
     """Where the cache keeps the means of ``texts`` (keyed by their order and content, not by ids)."""
     positions = [str(i) for i in range(len(texts))]
     token_key = cache_key(encoder, [encoder.num_layers], "float32", hash_texts(positions, list(texts)))
-    return cache_root() / "means" / f"{hashlib.sha256(f'means:{token_key}'.encode()).hexdigest()[:32]}.npy"
+    return cache_root() / "means" / f"{hashlib.sha256(f'means:{token_key}'.encode()).hexdigest()[:32]}.npz"
 
 
 def _cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The means at ``path`` when the file holds a float32 array of ``shape``, else None."""
+    """The means at ``path`` when the file holds a float32 array of ``shape`` with its CRC-32, else None."""
     if not path.exists():
         return None
     try:
-        means = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+        with np.load(path, allow_pickle=False) as saved:
+            means, crc = saved["means"], int(saved["crc32"])
+    except (OSError, ValueError, KeyError, zlib.error):
         return None
-    return means if means.shape == shape and means.dtype == np.float32 else None
+    if means.shape != shape or means.dtype != np.float32 or zlib.crc32(means.tobytes()) != crc:
+        return None
+    return means
 
 
 def encode_means(texts: Sequence[str], encoder: Encoder, batch_size: int = 32,
@@ -82,6 +87,6 @@ def encode_means(texts: Sequence[str], encoder: Encoder, batch_size: int = 32,
                 unreleased = 0
     release_heap()
     buffer = io.BytesIO()
-    np.save(buffer, means, allow_pickle=False)
+    np.savez(buffer, means=means, crc32=np.uint32(zlib.crc32(means.tobytes())))
     atomic.write_bytes(path, buffer.getvalue())
     return means, tokenized.n_truncated

@@ -83,7 +83,7 @@ def release_written(embeddings: np.memmap) -> None:
         mapped.madvise(mmap.MADV_DONTNEED)
 
 
-def _local_batches(encoder: Encoder, input_ids: list[list[int]], order: np.ndarray, layers: list[int],
+def local_batches(encoder: Encoder, input_ids: list[list[int]], order: np.ndarray, layers: list[int],
                    batch_size: int) -> HiddenBatches:
     """The encoder's forward passes in this process over ``order`` (longest first), batched by :func:`batch_slices`."""
     for part in batch_slices([len(input_ids[i]) for i in order], batch_size):
@@ -140,7 +140,7 @@ def _write_store(
     )
     order = np.argsort(-lengths, kind="stable")
     if ray is None:
-        batches = _local_batches(encoder, tokenized.input_ids, order, layers, batch_size)
+        batches = local_batches(encoder, tokenized.input_ids, order, layers, batch_size)
     else:
         batches = ray_hidden_batches(texts, order, model=model or encoder, layers=layers, dim=encoder.dim,
                                      batch_size=batch_size, max_seq_length=encoder.max_seq_length, options=ray)

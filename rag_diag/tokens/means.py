@@ -29,8 +29,7 @@ from rag_diag.models.protocol import Encoder
 from rag_diag.models.registry import cache_root
 from rag_diag.progress import progress_bar, release_heap
 from rag_diag.tokens.cache import cache_key
-from rag_diag.tokens.estimate import batch_slices
-from rag_diag.tokens.extract import RELEASE_BYTES
+from rag_diag.tokens.extract import RELEASE_BYTES, local_batches
 
 PROGRESS_TEXTS = 500
 """A bar is drawn from this many texts up (≈ 10 s of passes of full-window chunks on 2 cores)."""
@@ -69,19 +68,16 @@ def encode_means(texts: Sequence[str], encoder: Encoder, batch_size: int = 32,
     cached = _cached(path, (len(texts), encoder.dim))
     if cached is not None:
         return cached, tokenized.n_truncated
-    lengths = [len(row) for row in tokenized.input_ids]
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    lengths = np.asarray([len(row) for row in tokenized.input_ids], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
     means = np.empty((len(texts), encoder.dim), dtype=np.float32)
     unreleased = 0
     with progress_bar(description, len(texts), enabled=len(texts) >= PROGRESS_TEXTS) as advance:
-        for part in batch_slices([lengths[i] for i in order], batch_size):
-            batch = order[part]
-            states = encoder.hidden_states([tokenized.input_ids[i] for i in batch], [encoder.num_layers])[0]
-            for position, index in enumerate(batch):
-                n = lengths[index]
-                means[index] = states[position, :n].sum(axis=0, dtype=np.float64) / n
+        for batch, states in local_batches(encoder, tokenized.input_ids, order, [encoder.num_layers], batch_size):
+            for index, rows in zip(batch, states, strict=True):
+                means[index] = rows[0].sum(axis=0, dtype=np.float64) / rows.shape[1]
+                unreleased += rows.nbytes
             advance(len(batch))
-            unreleased += states.nbytes
             if unreleased >= RELEASE_BYTES:  # the passes' freed activations, as the token extractor hands them back
                 release_heap()
                 unreleased = 0

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_knn_heap import PeakSampler  # noqa: E402
-from bench_scale import build_corpus  # noqa: E402
+from bench_scale import build_corpus, disk  # noqa: E402
 
 import rag_diag.retrieval.windowed as windowed  # noqa: E402
 from rag_diag.corpora.io import load_corpus  # noqa: E402
@@ -113,14 +113,10 @@ def main(n_docs: int) -> None:
               f"largest difference of the unit chunk vectors {np.abs(mine - peer).max():.1e}; "
               f"chunks over the window left: {index.n_chunks_truncated}")
         print(f"the {len(fitted):,} chunks' means, {batch} chunks a pass: encode_means {means_seconds:.1f} s, peak RSS "
-              f"{means_peak:.3f} GiB above its start, {folder_bytes(Path(tmp) / 'means-cache') / 2**20:,.1f} MiB "
+              f"{means_peak:.3f} GiB above its start, {disk(Path(tmp) / 'means-cache') / 2**20:,.1f} MiB "
               f"written; a token store of the chunks and its means() (the route it replaced, run second) "
-              f"{store_seconds:.1f} s, {store_peak:.3f} GiB, {folder_bytes(store_folder) / 2**20:,.1f} MiB written; "
+              f"{store_seconds:.1f} s, {store_peak:.3f} GiB, {disk(store_folder) / 2**20:,.1f} MiB written; "
               f"largest difference of the two sets of means {np.abs(means - store_means).max():.1e}")
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_index_helpers import licence_beir  # noqa: F401  (fixture)
 
 from rag_diag.corpora.io import load_beir
 from rag_diag.corpora.trec import read_trec_run
 from rag_diag.errors import RagDiagError
-from rag_diag.evaluation.evaluate import evaluate_bundle, per_query_rows
+from rag_diag.evaluation.evaluate import RANX_ID_WIDTH, evaluate_bundle, per_query_rows, ranx_codes, ranx_per_query
 from rag_diag.evaluation.result import PER_QUERY_SCHEMA, EvalResult, Ranking, monotone_scores
 from rag_diag.retrieval.rerank import RerankConfig
 
@@ -219,6 +221,29 @@ def test_monotone_scores_break_ties_in_rank_order():
     assert (np.diff(adjusted.astype(np.float32)) < 0).all()
     # 0.2 is not a float32: the adjusted value is float32(0.2), within half a float32 ulp (≈ 7.5e-9)
     assert adjusted[0] == 0.5 and adjusted[3] == pytest.approx(0.2, abs=1e-8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=40), st.integers(0, 3), max_size=6), max_size=4))
+def test_ranx_codes_have_one_width_and_sort_as_the_ids(per_query):
+    judged = {f"q{i}": judgements for i, judgements in enumerate(per_query)}
+    code = ranx_codes(judged)
+    ids = sorted(code)
+    assert ids == sorted({doc_id for judgements in per_query for doc_id in judgements})
+    assert all(len(code[doc_id]) == RANX_ID_WIDTH and code[doc_id].isdigit() for doc_id in ids)
+    assert [code[doc_id] for doc_id in ids] == sorted(code.values())  # order kept, so also one code per id
+    assert len(set(code.values())) == len(ids)
+
+
+def test_ranx_metrics_do_not_depend_on_id_lengths():
+    """The hand example: the relevant document second of three, under short and long ids alike."""
+    from rag_diag.corpora.io import Qrels
+
+    for short, long in (("a", "b"), ("x" * 91, "y")):
+        run = {"q": Ranking([short, long, "c"], np.array([0.9, 0.8, 0.7]))}
+        values = ranx_per_query(Qrels({"q": {long: 1}}), run, "mean", 10)
+        assert (values["P@1"][0], values["MRR@10"][0], values["hit@10"][0]) == (0.0, 0.5, 1.0)
+        assert values["nDCG@10"][0] == pytest.approx(1 / np.log2(3), abs=1e-15)
 
 
 # ---------------------------------------------------------------------------------------------- real model

@@ -14,8 +14,9 @@ Scores of documents below the re-rank depth keep their first-stage (mean cosine)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -57,6 +58,31 @@ def metric_names(k: int) -> dict[str, str]:
     return names
 
 
+T = TypeVar("T")
+RANX_ID_WIDTH = 12
+"""Digits of the document codes handed to ranx (up to 10¹² distinct documents in one evaluation)."""
+
+
+def ranx_codes(*judgements: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+    """Every document id of ``judgements`` → its rank in their sorted union, as ``RANX_ID_WIDTH`` zero-padded digits.
+
+    ranx holds document ids as NumPy fixed-width strings, and numba compiles its data-structure functions for each
+    width (``UnicodeCharSeq(L)``, L = the longest id) and caches each on disk; so every store whose longest id has a
+    new length compiled them again in its evaluation, taking seconds and LLVM memory that stays in the process. Codes
+    of one width compile once. The codes sort as the ids do, so any ordering ranx makes by id is unchanged.
+    """
+    ids = sorted({doc_id for judged in judgements for per_query in judged.values() for doc_id in per_query})
+    if len(ids) >= 10**RANX_ID_WIDTH:
+        raise RagDiagError(f"{len(ids):,} documents in one evaluation: at most 10^{RANX_ID_WIDTH} - 1 are supported")
+    return {doc_id: f"{rank:0{RANX_ID_WIDTH}d}" for rank, doc_id in enumerate(ids)}
+
+
+def recoded(judgements: dict[str, dict[str, T]], code: dict[str, str]) -> dict[str, dict[str, T]]:
+    """``judgements`` (qrels or run scores) with every document id replaced by ``code[id]``."""
+    return {query_id: {code[doc_id]: value for doc_id, value in per_query.items()}
+            for query_id, per_query in judgements.items()}
+
+
 def ranx_per_query(qrels: Qrels, run: Run, name: str, k: int) -> dict[str, np.ndarray]:
     """Per-query values of every metric (query order = ``run``'s), computed by ranx."""
     from ranx import Qrels as RanxQrels
@@ -65,7 +91,10 @@ def ranx_per_query(qrels: Qrels, run: Run, name: str, k: int) -> dict[str, np.nd
 
     names = metric_names(k)
     judged = {query_id: qrels.judgements[query_id] for query_id in run}
-    values = evaluate(RanxQrels(judged), RanxRun(run_scores(run), name=name), list(names.values()), return_mean=False)
+    scores = run_scores(run)
+    code = ranx_codes(judged, scores)
+    values = evaluate(RanxQrels(recoded(judged, code)), RanxRun(recoded(scores, code), name=name), list(names.values()),
+                      return_mean=False)
     query_order = sorted(judged)  # ranx reports queries in sorted-id order
     position = {query_id: i for i, query_id in enumerate(query_order)}
     order = np.array([position[query_id] for query_id in run])

@@ -111,10 +111,11 @@ def warm_up(base: Path) -> None:
 
     ranx's metrics are numba functions compiled on their first call with each argument type and cached on disk
     (``cache=True``). In a fresh environment the first audit compiles them during its evaluation: at 10,000 on
-    b44d3ea that cost 66 s and 0.22 GiB of peak RSS. One ``ranx_per_query`` call on a toy run, the warm-up used
-    until this one, compiled only some of the types the audit uses: on 9bbe7a2 the first 10,000 audit after it
-    still compiled 24 more (its peak 1.40 GiB, against 1.17 on a92ff11 with the cache full). A real audit in each
-    mode calls them with the audit's own types.
+    b44d3ea that cost 66 s and 0.22 GiB of peak RSS. The warm-up used until b144fde, one ``ranx_per_query`` call on
+    a toy run, did not cover the audit's types: on 9bbe7a2 the 10,000 audit after it still compiled 24
+    specialisations (peak 1.40 GiB, against 1.13 on 035b0fb, which compiled nothing), because ranx specialised on
+    the length of the longest document id until 035b0fb handed it fixed-width codes. A real audit in each mode calls
+    ranx with the audit's own types.
     """
     corpus = build_corpus(WARM_DOCS, base)
     store = base / "store-warm"

@@ -239,9 +239,9 @@ def test_ranx_metrics_do_not_depend_on_id_lengths():
     """The hand example: the relevant document second of three, under short and long ids alike."""
     from rag_diag.corpora.io import Qrels
 
-    for short, long in (("a", "b"), ("x" * 91, "y")):
-        run = {"q": Ranking([short, long, "c"], np.array([0.9, 0.8, 0.7]))}
-        values = ranx_per_query(Qrels({"q": {long: 1}}), run, "mean", 10)
+    for first, relevant in (("a", "b"), ("x" * 91, "y")):
+        run = {"q": Ranking([first, relevant, "c"], np.array([0.9, 0.8, 0.7]))}
+        values = ranx_per_query(Qrels({"q": {relevant: 1}}), run, "mean", 10)
         assert (values["P@1"][0], values["MRR@10"][0], values["hit@10"][0]) == (0.0, 0.5, 1.0)
         assert values["nDCG@10"][0] == pytest.approx(1 / np.log2(3), abs=1e-15)
 

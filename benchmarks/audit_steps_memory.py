@@ -20,18 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss_watch import status_gib
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 STARTED = time.time()
-
-
-def status() -> dict[str, float]:
-    """VmRSS, RssAnon, RssFile and VmHWM of this process, GiB."""
-    text = Path("/proc/self/status").read_text()
-    return {name: int(text.split(f"{name}:")[1].split()[0]) / 2**20 for name in ("VmRSS", "RssAnon", "RssFile",
-                                                                             "VmHWM")}
 
 
 def reset_peak() -> None:
@@ -42,10 +36,10 @@ def traced(label: str, step: Callable[..., Any]) -> Callable[..., Any]:
     """``step`` printing its RSS when it starts and ends and its peak."""
     @functools.wraps(step)
     def run(*args: Any, **kwargs: Any) -> Any:
-        before = status()
+        before = status_gib()
         reset_peak()
         result = step(*args, **kwargs)
-        after = status()
+        after = status_gib()
         print(f"{time.time() - STARTED:7.1f} s  {label:<28} RSS {before['VmRSS']:.3f} -> {after['VmRSS']:.3f} "
               f"(anon {after['RssAnon'] - before['RssAnon']:+.3f}, file {after['RssFile'] - before['RssFile']:+.3f})"
               f"  step peak {after['VmHWM']:.3f}", flush=True)
@@ -80,9 +74,9 @@ def main(n_docs: int, folder: Path) -> None:
     CollapseTable.build = classmethod(traced("CollapseTable.build", build))  # type: ignore[method-assign,assignment]
     print(f"{n_docs:,} kb-scale documents; audit_store, then write_audit (GiB):", flush=True)
     result = audit.audit_store(open_store(str(store)))
-    print(f"audit_store returned: RSS {status()['VmRSS']:.3f}", flush=True)
+    print(f"audit_store returned: RSS {status_gib()['VmRSS']:.3f}", flush=True)
     audit.write_audit(result, folder / f"audit-{n_docs}", force=True)
-    print(f"write_audit returned: RSS {status()['VmRSS']:.3f}\n\nmode {result.summary['memory']['mode']}; "
+    print(f"write_audit returned: RSS {status_gib()['VmRSS']:.3f}\n\nmode {result.summary['memory']['mode']}; "
           f"command: python benchmarks/audit_steps_memory.py {n_docs} FOLDER")
 
 

@@ -20,20 +20,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from bench_scale import build_corpus
+from rss_watch import status_gib
 
 K = 10
 PROBES = 200
 
 
-def status() -> dict[str, float]:
-    """VmRSS, RssAnon, RssFile and VmHWM of this process, GiB."""
-    text = Path("/proc/self/status").read_text()
-    return {name: int(text.split(f"{name}:")[1].split()[0]) / 2**20 for name in ("VmRSS", "RssAnon", "RssFile",
-                                                                             "VmHWM")}
-
-
 def show(step: str, before: dict[str, float]) -> dict[str, float]:
-    now = status()
+    now = status_gib()
     anon, file = now["RssAnon"] - before["RssAnon"], now["RssFile"] - before["RssFile"]
     print(f"  {step:<38} RSS {now['VmRSS']:.3f}  anon {now['RssAnon']:.3f} ({anon:+.3f})  "
           f"file {now['RssFile']:.3f} ({file:+.3f})  peak {now['VmHWM']:.3f}", flush=True)
@@ -47,10 +42,7 @@ def write_store(n_docs: int, folder: Path) -> Path:
     from rag_diag.corpora.io import load_corpus
     from rag_diag.corpora.writers import write_corpus_jsonl
 
-    corpus_dir = folder / f"kb-{n_docs}"
-    subprocess.run([str(Path(sys.executable).parent / "rag-diag"), "corpora", "build", "kb-scale", "--size",
-                    str(n_docs), "--out", str(corpus_dir)], check=True, capture_output=True)
-    docs = load_corpus(corpus_dir)
+    docs = load_corpus(build_corpus(n_docs, folder))
     vectors = np.random.default_rng(0).standard_normal((len(docs.ids), 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     store = folder / f"store-{n_docs}"
@@ -75,7 +67,7 @@ def measure(store: str) -> None:
     from rag_diag.stores.stored import open_store
     from rag_diag.tokens.estimate import estimate_encode
 
-    now = show("imports", status())
+    now = show("imports", status_gib())
     encoder = load_encoder("minilm")
     now = show("model loaded", now)
     stored = open_store(store)

@@ -37,6 +37,12 @@ def read_status(pid: str) -> dict[str, int]:
     return {name: int(value) for name, value in re.findall(r"^(\w+):\s+(\d+)", status, re.MULTILINE)}
 
 
+def status_gib(pid: str = "self") -> dict[str, float]:
+    """The :data:`FIELDS` of ``/proc/PID/status``, in GiB."""
+    numbers = read_status(pid)
+    return {name: numbers[name] / 2**20 for name in FIELDS}
+
+
 def main(out: Path, wanted: list[str]) -> None:
     pid = None
     while pid is None:

@@ -8,7 +8,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rag_diag.corpora.io import Corpus, Qrels, Queries, load_beir, load_corpus, load_qrels, load_queries
+from rag_diag.corpora.io import (
+    SHARED_VALUE_CHARS,
+    Corpus,
+    Qrels,
+    Queries,
+    load_beir,
+    load_corpus,
+    load_qrels,
+    load_queries,
+)
 from rag_diag.corpora.trec import read_trec_run, write_trec_run
 from rag_diag.corpora.writers import write_beir
 from rag_diag.errors import RagDiagError
@@ -68,6 +77,23 @@ def test_beir_round_trip_keeps_titles_and_metadata(tmp_path):
     assert qrels.relevant("q") == {"b"}
     first = json.loads((tmp_path / "corpus.jsonl").read_text().splitlines()[0])
     assert first == {"_id": "b", "title": "Title", "text": "body", "metadata": {"label": "x"}}
+
+
+def test_repeated_metadata_strings_are_held_once_and_read_back_equal(tmp_path):
+    """Keys and short string values repeated across records are one object; long ones stay per record; every
+    record's metadata equals its JSON object, nested values and non-strings included."""
+    long_value = "z" * (SHARED_VALUE_CHARS + 1)
+    records = [{"_id": str(i), "text": f"text {i}",
+                "metadata": {"source": "wiki", "label": "MIT" if i % 2 else None, "n": i, "tags": ["a"],
+                             "note": long_value}} for i in range(4)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    corpus = load_corpus(path)
+    assert corpus.metadata == [r["metadata"] for r in records]
+    first, second, third = corpus.metadata[:3]
+    assert first["source"] is second["source"] and second["label"] is corpus.metadata[3]["label"]
+    assert next(iter(first)) is next(iter(third))  # the key "source", read twice
+    assert first["note"] == third["note"] and first["note"] is not third["note"]
 
 
 def test_trec_run_round_trip_sorted_by_score(tmp_path):

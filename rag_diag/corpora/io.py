@@ -179,6 +179,7 @@ def read_corpus_jsonl(path: Path) -> Corpus:
     titles: list[str] = []
     metadata: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    shared: dict[str, str] = {}
     for number, record in _read_jsonl(path):
         doc_id = _record_id(path, number, record, seen)
         title = _string_field(path, number, record, "title")
@@ -188,17 +189,24 @@ def read_corpus_jsonl(path: Path) -> Corpus:
         ids.append(doc_id)
         texts.append(text)
         titles.append(title)
-        metadata.append(_record_metadata(path, number, record))
+        metadata.append(_record_metadata(path, number, record, shared))
     if not ids:
         raise RagDiagError(f"{path}: the corpus is empty")
     return Corpus(ids=ids, texts=texts, titles=titles, source=str(path), metadata=_drop_empty(metadata))
 
 
-def _record_metadata(path: Path, number: int, record: dict) -> dict[str, Any]:
+SHARED_VALUE_CHARS = 64
+"""Metadata strings up to this long (keys, labels, sources) are held once per corpus, not once per record."""
+
+
+def _record_metadata(path: Path, number: int, record: dict, shared: dict[str, str]) -> dict[str, Any]:
+    """The record's ``metadata`` object, its keys and short string values taken from ``shared`` (the first equal
+    string read; JSON parsing makes a new one per record: at 100,000 ``kb-scale`` records, 20 MiB of copies)."""
     value = record.get("metadata") or {}
     if not isinstance(value, dict):
         raise RagDiagError(f"{path}:{number}: 'metadata' must be a JSON object")
-    return value
+    return {shared.setdefault(key, key): shared.setdefault(item, item)
+            if isinstance(item, str) and len(item) <= SHARED_VALUE_CHARS else item for key, item in value.items()}
 
 
 def _drop_empty(metadata: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -251,6 +259,7 @@ def load_queries(path: str | Path) -> Queries:
     texts: list[str] = []
     seen: dict[str, int] = {}
     metadata: list[dict[str, Any]] = []
+    shared: dict[str, str] = {}
     for number, record in _read_jsonl(path):
         query_id = _record_id(path, number, record, seen)
         text = _string_field(path, number, record, "text")
@@ -258,7 +267,7 @@ def load_queries(path: str | Path) -> Queries:
             raise RagDiagError(f"{path}:{number}: query '{query_id}' has an empty text")
         ids.append(query_id)
         texts.append(text)
-        metadata.append(_record_metadata(path, number, record))
+        metadata.append(_record_metadata(path, number, record, shared))
     if not ids:
         raise RagDiagError(f"{path}: no queries")
     return Queries(ids=ids, texts=texts, source=str(path), metadata=_drop_empty(metadata))

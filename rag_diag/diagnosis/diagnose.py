@@ -109,6 +109,20 @@ def _labels(corpus: Corpus | None) -> dict[str, str]:
             if meta.get("label") is not None}
 
 
+def _named_lengths(collapse: CollapseTable, named: pl.Series) -> dict[str, int]:
+    """Token count of the ``named`` documents (the queries' relevant documents and confusers), not of all N."""
+    rows = collapse.docs.filter(pl.col("doc_id").is_in(named))
+    return dict(zip(rows["doc_id"].to_list(), rows["n_tokens"].to_list(), strict=True))
+
+
+def _named_texts(corpus: Corpus | None, named: pl.Series) -> dict[str, str]:
+    """Texts of the ``named`` documents, for the failure evidence and the report: what they read, not all N."""
+    if corpus is None:
+        return {}
+    wanted = set(named.to_list())
+    return {doc: text for doc, text in zip(corpus.ids, corpus.texts, strict=True) if doc in wanted}
+
+
 def _open_token_store(collapse: CollapseTable) -> TokenStore | None:
     """The token store the collapse table names, when it still exists (for pair SOCMs and truncation)."""
     path = collapse.summary.get("token_store")
@@ -158,12 +172,13 @@ def diagnose(
     check_known_ids(table, collapse)
     relevant = doc_columns(collapse, "relevant", table["relevant_id"].to_list())
     table = table.join(relevant, left_on="relevant_id", right_on="relevant_doc_id", how="left")
-    socm_values = collapse.pairs["socm"].drop_nulls().to_numpy().astype(np.float64)
+    socm_values = np.asarray(collapse.pairs["socm"].drop_nulls().to_numpy(), dtype=np.float64)
     threshold = float(np.quantile(socm_values, HIGH_SOCM_QUANTILE)) if len(socm_values) else float("inf")
     store = token_store or _open_token_store(collapse)
     failures = failure_table(table, collapse, labels, threshold, store)
-    lengths = dict(zip(collapse.docs["doc_id"].to_list(), collapse.docs["n_tokens"].to_list(), strict=True))
-    texts = {} if corpus is None else dict(zip(corpus.ids, corpus.texts, strict=True))
+    named = pl.concat([table["relevant_id"], table["confuser_id"].drop_nulls()]).unique()
+    lengths = _named_lengths(collapse, named)
+    texts = _named_texts(corpus, named)
     full_lengths = {} if store is None else dict(zip(store.doc_ids, store.full_lengths.tolist(), strict=True))
     k = collapse.summary.get("k") if collapse.summary.get("mode") == "knn" else None
     hubs = k_occurrence(collapse.pairs, failures["confuser_id"].drop_nulls().to_list())

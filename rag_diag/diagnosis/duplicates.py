@@ -47,15 +47,16 @@ def documents_frame(
     doc_ids: list[str], labels: list[Any], knn: KnnResult, hubs: Hubness, cluster_ids: np.ndarray
 ) -> pl.DataFrame:
     """One row per document: collapse rates, top confuser, k-occurrence, cluster, concentration, label."""
-    ids = np.asarray(doc_ids, dtype=object)
+    ids = pl.Series(doc_ids, dtype=pl.String)
     nearest_cos = knn.pairs.cos.reshape(len(ids), -1).max(axis=1)
+    clusters = pl.Series(np.asarray(cluster_ids, dtype=np.int64))
     return pl.DataFrame({
-        "doc_id": pl.Series(doc_ids, dtype=pl.String),
+        "doc_id": ids,
         "collapse_mean": knn.collapse_mean.astype(np.float64),
         "collapse_max": knn.collapse_max.astype(np.float64),
-        "top_confuser": pl.Series(ids[knn.top_confuser].tolist(), dtype=pl.String),
+        "top_confuser": ids.gather(np.asarray(knn.top_confuser, dtype=np.int64)),
         "k_occurrence": hubs.k_occurrence,
-        "cluster_id": pl.Series([None if c < 0 else int(c) for c in cluster_ids], dtype=pl.Int64),
+        "cluster_id": clusters.set(clusters < 0, None),
         "concentration": knn.text_stats.concentration.astype(np.float64),
         "n_tokens": knn.text_stats.n_tokens.astype(np.int64),
         "nearest_cos": nearest_cos.astype(np.float64),

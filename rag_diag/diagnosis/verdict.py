@@ -65,11 +65,13 @@ def high_socm_null(failures: pl.DataFrame, pairs: pl.DataFrame, threshold: float
     n, hits = len(usable), int((usable["socm"] >= threshold).sum()) if len(usable) else 0
     if n == 0 or pairs.is_empty():
         return {"n": n, "n_high": hits, "null_share": None, "p_value": None}
-    cos = pairs["cos"].to_numpy().astype(np.float64)
-    high = pairs["socm"].to_numpy().astype(np.float64) >= threshold
+    cos = np.asarray(pairs["cos"].to_numpy(), dtype=np.float64)  # no copy of a float64 column
+    high = np.asarray(pairs["socm"].to_numpy(), dtype=np.float64) >= threshold
     edges = np.unique(np.quantile(cos, np.linspace(0, 1, COSINE_BINS + 1)))
-    bins = np.clip(np.searchsorted(edges, cos, side="right") - 1, 0, max(len(edges) - 2, 0))
-    rate = np.array([high[bins == b].mean() if (bins == b).any() else 0.0 for b in range(max(len(edges) - 1, 1))])
+    n_bins = max(len(edges) - 1, 1)
+    bins = np.clip(np.searchsorted(edges, cos, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    rate = np.bincount(bins, weights=high, minlength=n_bins) / np.maximum(counts, 1)  # 0.0 in an empty bin
     own = np.clip(np.searchsorted(edges, usable["cos"].to_numpy(), side="right") - 1, 0, len(rate) - 1)
     null = float(np.clip(rate[own].mean(), 1e-12, 1 - 1e-12))
     p_value = float(sps.binomtest(hits, n, null, alternative="greater").pvalue)

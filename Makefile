@@ -66,9 +66,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rag-diag run pipelines/demo.toml
 
+# Each benchmark's output is appended to its log under a dated header: the README cites earlier runs by their place
+# in these logs ("last run"), so a new run must not erase them.
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do name=$$(basename $$script .py); echo "== $$script"; \
-	  $(BIN)/python $$script 2>&1 | tee benchmarks/results/$$name.txt; done
+	  { echo; echo "# run started $$(date -u '+%Y-%m-%d %H:%M') UTC on $$(git rev-parse --short HEAD): make bench"; \
+	    $(BIN)/python $$script 2>&1; } | tee -a benchmarks/results/$$name.txt; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check rag_diag tests benchmarks

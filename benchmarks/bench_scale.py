@@ -10,15 +10,18 @@ kb-scale --size N``):
 2. ``rag-diag audit --store STORE`` without queries (probe queries), in a fresh process with an empty token
    cache: wall time, peak RSS (the process's ru_maxrss), and the disk it wrote (cache + output + the summaries'
    temporary factor file, ``memory.summary_bytes``);
-3. the ratio audit / encode, and RSS(N) / RSS(10k).
+3. the peer timed again, right after the audit: a shared machine's speed drifts over the half hour between the
+   two (ST encode of the 100k texts took 1,053–1,632 s across the runs in ``bench_scale.txt``), so the audit is
+   set against both timings;
+4. the ratio audit / encode (the mean of the two timings, and each), and RSS(N) / RSS(10k).
 
-4. where the audit's time went (its ``timings``: encoder pass, kNN collapse, the windowed candidate's
-   re-encoding of the texts the window cuts (over summaries: of the held documents it cuts, for
-   ``rerank-windowed``), the whole evaluation);
-5. the coverage of ``audit --estimate``'s 95 % interval for the mean collapse rate: the interval of
+5. where the audit's time went (its ``timings``: encoder pass — over summaries, split into encoding the shards
+   and reducing them —, kNN collapse, the windowed candidate's re-encoding of the texts the window cuts (over
+   summaries: of the held documents it cuts, for ``rerank-windowed``), the whole evaluation);
+6. the coverage of ``audit --estimate``'s 95 % interval for the mean collapse rate: the interval of
    :func:`rag_diag.jobs.sampled.interval` over ``SAMPLE`` seeded documents (the rates ``--estimate`` computes
    for them equal the full audit's, ``tests/test_sampled.py``), for ``SEEDS`` seeds, against the full run's mean;
-6. at the largest size, a real ``audit --estimate --sample SAMPLE`` run beside the full one: every estimated
+7. at the largest size, a real ``audit --estimate --sample SAMPLE`` run beside the full one: every estimated
    figure's interval and the full run's value.
 
 Goals (issue 12): peak RSS ≤ 3 GiB at 100k and ≤ 1.25 × RSS at 10k; audit ≤ 1.5 × the encode alone.
@@ -75,22 +78,28 @@ def build_corpus(n_docs: int, folder: Path) -> Path:
     return out
 
 
+def st_encode(texts: list[str]) -> tuple[float, np.ndarray]:
+    """Seconds of sentence-transformers ``encode`` of ``texts`` (after a warm-up batch), and its vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from rag_diag.models.registry import minilm_path
+
+    model = SentenceTransformer(str(minilm_path()), device="cpu")
+    model.encode(texts[:64], batch_size=32)  # warm-up
+    start = time.perf_counter()
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+    return time.perf_counter() - start, vectors
+
+
 def encode_and_store(corpus: Path, store: Path) -> float:
     """Time sentence-transformers encode of the corpus; write its vectors as a bare FAISS store."""
     import faiss
-    import numpy as np
-    from sentence_transformers import SentenceTransformer
 
     from rag_diag.corpora.io import load_corpus
     from rag_diag.corpora.writers import write_corpus_jsonl
-    from rag_diag.models.registry import minilm_path
 
     docs = load_corpus(corpus)
-    model = SentenceTransformer(str(minilm_path()), device="cpu")
-    model.encode(docs.texts[:64], batch_size=32)  # warm-up
-    start = time.perf_counter()
-    vectors = model.encode(docs.texts, batch_size=32, normalize_embeddings=True)
-    seconds = time.perf_counter() - start
+    seconds, vectors = st_encode(docs.texts)
     store.mkdir(parents=True)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
@@ -198,10 +207,12 @@ def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> 
 def main(sizes: list[int]) -> None:
     import torch
 
+    from rag_diag.corpora.io import load_corpus
+
     print(f"rag-diag audit vs sentence-transformers encode; all-MiniLM-L6-v2; {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads; store: bare FAISS IndexFlatIP of normalised ST vectors")
-    print("| documents | ST encode | audit | audit / encode | peak RSS | RSS / RSS(first) "
-          "| disk (cache + out + factors) | mode |")
+    print("| documents | ST encode before / after the audit | audit | audit / encode (mean; before, after) | peak RSS "
+          "| RSS / RSS(first) | disk (cache + out + factors) | mode |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = []
     details: list[tuple[int, dict, float]] = []
@@ -220,9 +231,12 @@ def main(sizes: list[int]) -> None:
             memory = summary["memory"]
             written = disk(cache) + disk(out) + memory["summary_bytes"]
             mode = memory["mode"] + (f", rank {memory['rank']}" if memory["rank"] else "")
+            after_seconds, _ = st_encode(load_corpus(corpus).texts)
             rows.append((n_docs, encode_seconds, seconds, rss, written, mode))
             first_rss = rows[0][3]
-            print(f"| {n_docs:,} | {encode_seconds:.0f} s | {seconds:.0f} s | {seconds / encode_seconds:.2f}× | "
+            mean = (encode_seconds + after_seconds) / 2
+            print(f"| {n_docs:,} | {encode_seconds:.0f} / {after_seconds:.0f} s | {seconds:.0f} s | "
+                  f"{seconds / mean:.2f}× ({seconds / encode_seconds:.2f}×, {seconds / after_seconds:.2f}×) | "
                   f"{rss / 2**30:.2f} GiB | {rss / first_rss:.2f} | {written / 2**20:,.0f} MiB | {mode} |", flush=True)
             timings = summary["timings"]
             rates = pl.read_parquet(out / "documents.parquet")["collapse_mean"].to_numpy()
@@ -233,12 +247,15 @@ def main(sizes: list[int]) -> None:
             shutil.rmtree(store, ignore_errors=True)
     print(f"\nwhere the audit's time went (s), and the coverage of the 95 % interval of the mean collapse rate from "
           f"{SAMPLE} seeded documents over {SEEDS} seeds")
-    print("| documents | encoder pass | kNN collapse | windowed re-encoding (whole corpus, or rerank-windowed) "
+    print("| documents | encoder pass (over summaries: encoding the shards + reducing them) | kNN collapse "
+          "| windowed re-encoding (whole corpus, or rerank-windowed) "
           "| evaluation (all candidates) "
           "| peak RSS (GiB) before the pass / after its encoding / after it / after the evaluation | coverage |")
     print("|---:|---:|---:|---:|---:|---|---:|")
     for n_docs, timings, covered in details:
-        print(f"| {n_docs:,} | {timings['encode_seconds']:.0f} | {timings['knn_collapse_seconds']:.0f} | "
+        parts = (f" ({timings['pass_encode_seconds']:.0f} + {timings['pass_summaries_seconds']:.0f})"
+                 if "pass_encode_seconds" in timings else "")
+        print(f"| {n_docs:,} | {timings['encode_seconds']:.0f}{parts} | {timings['knn_collapse_seconds']:.0f} | "
               f"{timings.get('windowed_build_seconds', timings.get('rerank-windowed_build_seconds', 0.0)):.0f} | "
               f"{timings['evaluation_seconds']:.0f} | "
               f"{timings['peak_rss_gib_before_pass']:.2f} / {timings['peak_rss_gib_after_encode']:.2f} / "

@@ -25,8 +25,9 @@ mean rate lie between the means of the two ends. The reported symmetric bound is
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ class StreamedSummaries:
     window: int
     n_shards: int
     shard_docs: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the pass's time went: ``encode`` (tokenising, forward passes and writing the shards' token stores) and
+    ``summaries`` (reducing them to rank-r summaries); empty from the Ray engine."""
 
 
 def _allocate(n_docs: int, rank: int, dim: int) -> CovarianceSummary:
@@ -86,17 +90,22 @@ def stream_summaries(
     summary = _allocate(len(texts), rank, encoder.dim)
     lengths = np.empty(len(texts), dtype=np.int64)
     window = n_shards = 0
+    seconds = {"encode": 0.0, "summaries": 0.0}
     with progress_bar(f"encoding with {encoder.name} in shards of {shard_docs:,}", len(texts),
                       enabled=show_progress) as advance, tempfile.TemporaryDirectory(prefix="rag-diag-shard-") as tmp:
         for number, start in enumerate(range(0, len(texts), shard_docs)):
             stop = min(start + shard_docs, len(texts))
+            started = time.perf_counter()
             store = encode_texts(list(texts[start:stop]), model=encoder, ids=list(ids[start:stop]), dtype=dtype,
                                  batch_size=batch_size, cache=False, out=Path(tmp) / f"shard-{number}")
+            seconds["encode"] += time.perf_counter() - started
             release_heap()  # the forward passes' freed activations, before the summaries' chunks are allocated
             if keep is not None:
                 keep(store, start)
                 store.release_pages()
+            started = time.perf_counter()
             _fill(summary, start, covariance_summary(store, rank))
+            seconds["summaries"] += time.perf_counter() - started
             lengths[start:stop] = store.full_lengths
             window, n_shards = int(store.window), number + 1
             path = store.path
@@ -104,7 +113,7 @@ def stream_summaries(
             _remove(path)
             release_heap()  # the shard's freed buffers: without it RSS crept up shard after shard at 100,000
             advance(stop - start)
-    return StreamedSummaries(summary, lengths, window, n_shards, shard_docs)
+    return StreamedSummaries(summary, lengths, window, n_shards, shard_docs, seconds)
 
 
 def build_summaries(

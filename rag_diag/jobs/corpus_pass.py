@@ -103,6 +103,7 @@ def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, en
                                    model=engine.model, keep=None if writer is None else writer.take)
     timings = {"encode_seconds": time.perf_counter() - started, "encode_cache_hit": False,
                "n_shards": streamed.n_shards, "engine": engine.name, "peak_rss_gib_after_encode": peak_rss_gib()}
+    timings |= {f"pass_{part}_seconds": value for part, value in streamed.seconds.items()}
     if kept:
         timings["evaluation_documents_kept"] = len(kept[0])
     started = time.perf_counter()

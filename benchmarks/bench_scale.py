@@ -10,9 +10,9 @@ kb-scale --size N``):
 2. ``rag-diag audit --store STORE`` without queries (probe queries), in a fresh process with an empty token
    cache: wall time, peak RSS (the process's ru_maxrss), and the disk it wrote (cache + output + the summaries'
    temporary factor file, ``memory.summary_bytes``);
-3. the peer timed again, right after the audit: a shared machine's speed drifts over the half hour between the
-   two (ST encode of the 100k texts took 1,053–1,632 s across the runs in ``bench_scale.txt``), so the audit is
-   set against both timings;
+3. the peer timed again, right after the audit: one timing of it varied more between runs than the audit did
+   (100,000 texts on two AMD EPYC runs: 1,053 and 1,332 s, the audit 1,691 and 1,812 s), so the audit is set
+   against both timings, whose difference shows how far the machine's speed drifted during the run;
 4. the ratio audit / encode (the mean of the two timings, and each), and RSS(N) / RSS(10k).
 
 5. where the audit's time went (its ``timings``: encoder pass — over summaries, split into encoding the shards

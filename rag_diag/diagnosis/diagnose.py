@@ -101,12 +101,13 @@ def check_same_inputs(evaluation: EvalResult, collapse: CollapseTable) -> None:
         )
 
 
-def _labels(corpus: Corpus | None) -> dict[str, str]:
-    """``metadata.label`` of every document that has one (licence labels on the licences corpus)."""
+def _labels(corpus: Corpus | None, named: pl.Series) -> dict[str, str]:
+    """``metadata.label`` of the ``named`` documents that have one (licence labels on the licences corpus)."""
     if corpus is None or not corpus.metadata:
         return {}
+    wanted = set(named.to_list())
     return {doc: str(meta["label"]) for doc, meta in zip(corpus.ids, corpus.metadata, strict=True)
-            if meta.get("label") is not None}
+            if doc in wanted and meta.get("label") is not None}
 
 
 def _named_lengths(collapse: CollapseTable, named: pl.Series) -> dict[str, int]:
@@ -167,7 +168,6 @@ def diagnose(
     check_same_inputs(evaluation, collapse)
     if not collapse.has_rates:
         raise RagDiagError("the collapse table has no per-document collapse rates: run collapse with --knn K")
-    labels = _labels(corpus)
     table = query_table(evaluation, strategy)
     check_known_ids(table, collapse)
     relevant = doc_columns(collapse, "relevant", table["relevant_id"].to_list())
@@ -175,8 +175,9 @@ def diagnose(
     socm_values = np.asarray(collapse.pairs["socm"].drop_nulls().to_numpy(), dtype=np.float64)
     threshold = float(np.quantile(socm_values, HIGH_SOCM_QUANTILE)) if len(socm_values) else float("inf")
     store = token_store or _open_token_store(collapse)
-    failures = failure_table(table, collapse, labels, threshold, store)
     named = pl.concat([table["relevant_id"], table["confuser_id"].drop_nulls()]).unique()
+    labels = _labels(corpus, named)
+    failures = failure_table(table, collapse, labels, threshold, store)
     lengths = _named_lengths(collapse, named)
     texts = _named_texts(corpus, named)
     full_lengths = {} if store is None else dict(zip(store.doc_ids, store.full_lengths.tolist(), strict=True))

@@ -61,7 +61,7 @@ def main(n_docs: int, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     store = folder / f"store-{n_docs}"
     if not store.exists():
-        seconds = bench_scale.encode_and_store(bench_scale.build_corpus(n_docs, folder), store)
+        seconds, _ = bench_scale.encode_and_store(bench_scale.build_corpus(n_docs, folder), store)
         print(f"store built: sentence-transformers encode {seconds:.0f} s", flush=True)
     for owner, name in ((audit, "run_pass"), (audit, "documents_frame"), (audit, "clusters_frame"),
                         (audit, "ann_recall"), (audit, "evaluation_store"), (audit, "evaluate_bundle"),

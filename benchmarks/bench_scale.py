@@ -91,8 +91,10 @@ def st_encode(texts: list[str]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, vectors
 
 
-def encode_and_store(corpus: Path, store: Path) -> float:
-    """Time sentence-transformers encode of the corpus; write its vectors as a bare FAISS store."""
+def encode_and_store(corpus: Path, store: Path) -> tuple[float, list[str]]:
+    """Time sentence-transformers encode of the corpus; write its vectors as a bare FAISS store.
+
+    Returns the seconds and the texts, which are timed again after the audit."""
     import faiss
 
     from rag_diag.corpora.io import load_corpus
@@ -105,7 +107,7 @@ def encode_and_store(corpus: Path, store: Path) -> float:
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     faiss.write_index(index, str(store / "index.faiss"))
     write_corpus_jsonl(store / "corpus.jsonl", docs)
-    return seconds
+    return seconds, docs.texts
 
 
 WARM_DOCS = 1000
@@ -207,8 +209,6 @@ def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> 
 def main(sizes: list[int]) -> None:
     import torch
 
-    from rag_diag.corpora.io import load_corpus
-
     print(f"rag-diag audit vs sentence-transformers encode; all-MiniLM-L6-v2; {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads; store: bare FAISS IndexFlatIP of normalised ST vectors")
     print("| documents | ST encode before / after the audit | audit | audit / encode (mean; before, after) | peak RSS "
@@ -222,7 +222,7 @@ def main(sizes: list[int]) -> None:
         for n_docs in sizes:
             corpus = build_corpus(n_docs, base)
             store = base / f"store-{n_docs}"
-            encode_seconds = encode_and_store(corpus, store)
+            encode_seconds, texts = encode_and_store(corpus, store)
             cache, out = base / f"cache-{n_docs}", base / f"audit-{n_docs}"
             env = {**os.environ, "RAG_DIAG_CACHE": str(cache)}
             seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out)],
@@ -231,7 +231,7 @@ def main(sizes: list[int]) -> None:
             memory = summary["memory"]
             written = disk(cache) + disk(out) + memory["summary_bytes"]
             mode = memory["mode"] + (f", rank {memory['rank']}" if memory["rank"] else "")
-            after_seconds, _ = st_encode(load_corpus(corpus).texts)
+            after_seconds, _ = st_encode(texts)
             rows.append((n_docs, encode_seconds, seconds, rss, written, mode))
             first_rss = rows[0][3]
             mean = (encode_seconds + after_seconds) / 2

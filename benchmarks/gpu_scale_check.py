@@ -12,7 +12,8 @@ Run there (carry ``.gpu-scale``; faiss-gpu and its CUDA 12 libraries installed, 
   the machine's CPU cores: time of each and how many neighbour lists agree;
 - a flat index built by ``build_faiss(..., device="cuda")`` (what ``rag-diag index --device cuda`` runs);
 - kNN collapse on CUDA (exact token matrices, float32 products): time, and its SOCM against float64 on the
-  CPU for the sample's pairs on the same tokens;
+  CPU for the sample's pairs on the same tokens. It runs last, being the slowest step, so that a call stopped at
+  its time limit has printed the rest;
 - peak GPU memory.
 
 ``check DIR cpu`` runs the same on the CPU (a smoke test of this script at small N); ``check DIR DEVICE N`` runs
@@ -151,19 +152,6 @@ def check(folder: Path, device: str = "cuda", n_docs: int | None = None) -> None
               f"{np.abs(means[sample] - reference['means'][kept]).max():.2e}, max |ΔSOCM| "
               f"{np.abs(socm - reference['socm'][pairs]).max():.2e} ({len(pairs)} pairs, float64)")
 
-        _synchronize(device)
-        start = time.perf_counter()
-        with _timed_solves() as solves:
-            result = knn_collapse(store, K, device=device, dtype=torch.float32)
-        _synchronize(device)
-        seconds = time.perf_counter() - start
-        rows = (sample[:, None] * K + np.arange(K)).reshape(-1)
-        exact = pair_socm(store, result.doc_a[rows], result.doc_b[rows]).socm
-        error = np.abs(result.pairs.socm[rows] - exact).max()
-        print(f"kNN collapse on {device} (float32): {len(texts):,} documents × {K} in {seconds:.1f} s "
-              f"(of which {solves[0]:.1f} s in the eigen-solves, {torch.get_num_threads()} torch threads; graph: "
-              f"{result.graph['index_type']}, recall@{K} {result.graph['recall_at_k']:.4f}); "
-              f"{len(rows):,} sample pairs vs CPU float64 on the same tokens: max |ΔSOCM| {error:.2e}")
         unit = np.ascontiguousarray(means / np.linalg.norm(means, axis=1, keepdims=True), dtype=np.float32)
         if on_gpu:
             cpu_hits, cpu_scores, cpu_seconds = _graph(unit, "cpu")
@@ -177,6 +165,20 @@ def check(folder: Path, device: str = "cuda", n_docs: int | None = None) -> None
             start = time.perf_counter()
             index, _ = build_faiss(unit, "cosine", "flat", device="cuda")
             print(f"build_faiss flat on cuda: {time.perf_counter() - start:.2f} s, {index.ntotal:,} vectors")
+
+        _synchronize(device)
+        start = time.perf_counter()
+        with _timed_solves() as solves:
+            result = knn_collapse(store, K, device=device, dtype=torch.float32)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+        rows = (sample[:, None] * K + np.arange(K)).reshape(-1)
+        exact = pair_socm(store, result.doc_a[rows], result.doc_b[rows]).socm
+        error = np.abs(result.pairs.socm[rows] - exact).max()
+        print(f"kNN collapse on {device} (float32): {len(texts):,} documents × {K} in {seconds:.1f} s "
+              f"(of which {solves[0]:.1f} s in the eigen-solves, {torch.get_num_threads()} torch threads; graph: "
+              f"{result.graph['index_type']}, recall@{K} {result.graph['recall_at_k']:.4f}); "
+              f"{len(rows):,} sample pairs vs CPU float64 on the same tokens: max |ΔSOCM| {error:.2e}")
 
     if on_gpu:
         print(f"peak GPU memory (torch): {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

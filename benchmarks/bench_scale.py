@@ -25,7 +25,9 @@ kb-scale --size N``):
    figure's interval and the full run's value.
 
 Goals (issue 12): peak RSS ≤ 3 GiB at 100k and ≤ 1.25 × RSS at 10k; audit ≤ 1.5 × the encode alone.
-Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_scale.py [N ...]`` (default 10000 30000 100000).
+Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_scale.py [N ...] [-- AUDIT_OPTION ...]`` (default
+10000 30000 100000). Options after ``--`` go to each timed audit (not to the warm-up or ``--estimate``), e.g.
+``-- --max-store 0.5``: the summaries route at 10,000, where the token store would fit.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def estimate_beside(store: Path, env: dict[str, str], out: Path, full: dict) -> 
               f"{bound.get('mean_collapse_rate_interval')}; the estimate's from exact SOCM)")
 
 
-def main(sizes: list[int]) -> None:
+def main(sizes: list[int], options: list[str]) -> None:
     import torch
 
     print(f"rag-diag audit vs sentence-transformers encode; all-MiniLM-L6-v2; {os.cpu_count()} CPUs, "
@@ -225,8 +227,7 @@ def main(sizes: list[int]) -> None:
             encode_seconds, texts = encode_and_store(corpus, store)
             cache, out = base / f"cache-{n_docs}", base / f"audit-{n_docs}"
             env = {**os.environ, "RAG_DIAG_CACHE": str(cache)}
-            seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out)],
-                                   env)
+            seconds, rss = measure([RAG_DIAG, "audit", "--store", str(store), "--out", str(out), *options], env)
             summary = json.loads((out / "audit.json").read_text())
             memory = summary["memory"]
             written = disk(cache) + disk(out) + memory["summary_bytes"]
@@ -261,8 +262,11 @@ def main(sizes: list[int]) -> None:
               f"{timings['peak_rss_gib_before_pass']:.2f} / {timings['peak_rss_gib_after_encode']:.2f} / "
               f"{timings['peak_rss_gib_after_pass']:.2f} / "
               f"{timings['peak_rss_gib_after_evaluation']:.2f} | {covered:.3f} |")
-    print("\ncommand: .venv/bin/python benchmarks/bench_scale.py " + " ".join(str(n) for n in sizes))
+    print("\ncommand: .venv/bin/python benchmarks/bench_scale.py " + " ".join(str(n) for n in sizes)
+          + (" -- " + " ".join(options) if options else ""))
 
 
 if __name__ == "__main__":
-    main([int(arg) for arg in sys.argv[1:]] or [10_000, 30_000, 100_000])
+    args = sys.argv[1:]
+    cut = args.index("--") if "--" in args else len(args)
+    main([int(arg) for arg in args[:cut]] or [10_000, 30_000, 100_000], args[cut + 1:])

@@ -8,7 +8,7 @@ ones build the store with LangChain itself and audit it with the real default mo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -115,6 +115,10 @@ def test_audit_reports_every_document(audited, mock_store, written):
                  "diagnosis/diagnosis.json"):
         assert (written / name).is_file(), name
     assert "Hubness" in (written / "report.html").read_text()
+    # the mock store's documents carry no label: the mixing of labels is unknown, not zero
+    assert summary["near_duplicates"]["n_labelled_documents"] == 0
+    assert summary["near_duplicates"]["n_clusters_mixed_labels"] is None
+    assert "whether clusters mix labels is unknown" in (written / "report.html").read_text()
 
 
 @pytest.mark.slow  # a whole audit: BM25, fusion, re-rankers, windows (ranx compiles its kernels)
@@ -207,7 +211,14 @@ def lc_store(tmp_path_factory):
     from rag_diag.stores.langchain import build_langchain_store
 
     beir = write_licence_beir(tmp_path_factory.mktemp("audit") / "real", docs=5, queries=2)
-    return beir, build_langchain_store(load_beir(beir)[0], "minilm", tmp_path_factory.mktemp("audit") / "lc")
+    corpus = load_beir(beir)[0]
+    labelled = replace(corpus, metadata=[{"label": rule_label(doc_id)} for doc_id in corpus.ids])
+    return beir, build_langchain_store(labelled, "minilm", tmp_path_factory.mktemp("audit") / "lc")
+
+
+def rule_label(rule_id: str) -> str:
+    """A ScanCode rule's licence: its file name's stem without the rule number (``gpl-2.0_12`` → ``gpl-2.0``)."""
+    return rule_id.rsplit("_", 1)[0]
 
 
 @pytest.mark.slow
@@ -248,6 +259,11 @@ def test_real_store_audit_end_to_end(lc_store, tmp_path):
     else:
         assert label == ("unsuitable" if summary["diagnosis"]["verdict"]["collapse_implicated"] else "at risk")
     assert "Hubness" in (out / "report.html").read_text()
+    # the store kept the corpus's labels: clusters mixing them, counted again from the written cluster table
+    labels = [{rule_label(doc_id) for doc_id in row["doc_ids"]}
+              for row in pl.read_parquet(out / "clusters.parquet").iter_rows(named=True)]
+    assert summary["near_duplicates"]["n_labelled_documents"] == 30
+    assert summary["near_duplicates"]["n_clusters_mixed_labels"] == sum(len(found) > 1 for found in labels)
 
 
 @pytest.mark.slow

@@ -107,6 +107,7 @@ def _summary(
     n_docs = len(stored.doc_ids)
     hubness_summary = _hubness_summary(hubs, stored.doc_ids)
     in_clusters = int(clusters["size"].sum()) if clusters.height else 0
+    labelled = sum(metadata.get("label") is not None for metadata in stored.metadatas)
     diagnosed = diagnosis.summary
     store_metrics = (diagnosis.metrics.get("metrics") or {}).get(check.pooling, {})
     null = diagnosed["high_socm_null"]
@@ -124,7 +125,9 @@ def _summary(
             "threshold_cos": NEAR_DUPLICATE_COS, "n_clusters": clusters.height, "n_documents_in_clusters": in_clusters,
             "share_documents_in_clusters": in_clusters / n_docs,
             "largest_cluster": int(clusters["size"].max()) if clusters.height else 0,  # type: ignore[arg-type]
-            "n_clusters_mixed_labels": int((clusters["labels"].list.len() > 1).sum()) if clusters.height else 0,
+            "n_labelled_documents": labelled,
+            "n_clusters_mixed_labels": (int((clusters["labels"].list.len() > 1).sum()) if clusters.height else 0)
+            if labelled else None,  # unknown when no document has a ``label`` in its metadata
         },
         "hubness": hubness_summary,
         "ann": recall,

@@ -111,7 +111,9 @@ def audit_report(result: Any) -> ReportData:
         Section.from_frame("Near-duplicate clusters", cluster_rows, (
             f"{dups['n_clusters']} connected components of kNN pairs with mean-pooled cosine ≥ {NEAR_DUPLICATE_COS}, "
             f"{dups['n_documents_in_clusters']} documents ({dups['share_documents_in_clusters']:.1%}); "
-            f"{dups['n_clusters_mixed_labels']} clusters mix labels.")),
+            + (f"{dups['n_clusters_mixed_labels']} clusters mix labels." if dups.get("n_clusters_mixed_labels")
+               is not None else "no document has a label in its metadata, so whether clusters mix labels is "
+               "unknown."))),
     ]
     sections.append(Section("Memory, time and scale", _scale_text(summary)))
     if evaluation["queries"] == "probes":

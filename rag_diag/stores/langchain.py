@@ -106,7 +106,8 @@ def build_langchain_store(corpus: Corpus | str | Path, model_name: str, out_dir:
     """Build a LangChain FAISS store as a LangChain user would, and save it to ``out_dir``.
 
     HuggingFaceEmbeddings over the model's local folder, ``normalize_embeddings=True``, and the
-    MAX_INNER_PRODUCT distance strategy: scores are cosines.
+    MAX_INNER_PRODUCT distance strategy: scores are cosines. A document's metadata is the corpus's (its
+    ``label`` included) with ``id`` set to the document id.
     """
     from langchain_community.vectorstores import FAISS
     from langchain_community.vectorstores.utils import DistanceStrategy
@@ -121,7 +122,8 @@ def build_langchain_store(corpus: Corpus | str | Path, model_name: str, out_dir:
     store = FAISS.from_texts(
         docs.texts,
         embeddings,
-        metadatas=[{"id": doc_id} for doc_id in docs.ids],
+        metadatas=[{**metadata, "id": doc_id}
+                   for doc_id, metadata in zip(docs.ids, docs.metadata or [{} for _ in docs.ids], strict=True)],
         ids=docs.ids,
         distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
     )

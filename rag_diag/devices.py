@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from rag_diag.errors import RagDiagError
 
-DEVICES = ("cpu", "cuda", "auto")
-
 
 def _resolve(device: str, gpus: int, what: str) -> str:
     if device == "auto":

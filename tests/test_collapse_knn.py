@@ -24,7 +24,7 @@ from test_collapse import (
 )
 
 from rag_diag.collapse.allpairs import all_pairs
-from rag_diag.collapse.knn import _length_chunks, covariance_summary, knn_collapse, knn_neighbours
+from rag_diag.collapse.knn import _length_chunks, covariance_summary, knn_collapse, neighbour_graph
 from rag_diag.collapse.layers import layer_profile
 from rag_diag.collapse.socm import pair_socm
 from rag_diag.errors import RagDiagError
@@ -89,7 +89,7 @@ def test_neighbours_are_the_top_cosines_without_self(mock_store):
     per_text = np.stack([mock_store.tokens(i).astype(np.float64).mean(axis=0) for i in range(len(mock_store))])
     # both accumulate in float64; the only difference is the final float32 rounding (≤ 2⁻²⁴ relative).
     np.testing.assert_allclose(means, per_text, rtol=2**-23, atol=0)
-    neighbours = knn_neighbours(means, K)
+    neighbours = neighbour_graph(means, K, exact_limit=len(means)).neighbours
     unit = means / np.linalg.norm(means, axis=1, keepdims=True)
     cosine = unit @ unit.T
     np.fill_diagonal(cosine, -np.inf)
@@ -100,7 +100,7 @@ def test_neighbours_are_the_top_cosines_without_self(mock_store):
         kth = np.sort(cosine[doc])[-K]
         assert np.all(cosine[doc, found] >= kth - tie)
     with pytest.raises(RagDiagError):
-        knn_neighbours(means, len(means))
+        neighbour_graph(means, len(means))
 
 
 def check_rank_r_bound(store):

@@ -12,8 +12,6 @@ from rag_diag.evaluation.crossval import (
     assign_folds,
     best_configuration,
     cross_validate,
-    folds_frame,
-    out_of_fold_frame,
     query_groups,
 )
 
@@ -50,7 +48,6 @@ def test_winners_curse_is_exposed():
     for q, configuration in enumerate(result.chosen_for):
         assert result.out_of_fold["P@1"][q] == per_query[configuration]["P@1"][q]
     assert set(result.out_of_fold) == {"P@1", "MRR@10"}
-    assert folds_frame(result).height == 5 and out_of_fold_frame(result).height == 10
     assert FLUKE.label == "fusion[weight=0.9]" and STEADY.label == "mean"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag_diag.errors import RagDiagError
-from rag_diag.retrieval.fusion import fuse_runs, weight_grid
+from rag_diag.retrieval.fusion import fuse_runs
 
 LEXICAL = {"q1": {"a": 10.0, "b": 6.0, "c": 2.0}}
 DENSE = {"q1": {"b": 0.9, "d": 0.8, "a": 0.5}, "q2": {"x": 2.0, "y": 1.0}}
@@ -34,11 +34,9 @@ def test_rrf_hand_computed():
     assert fused["q2"] == pytest.approx({"x": 1 / 61, "y": 1 / 62})
 
 
-def test_weight_grid_endpoints_and_depth():
-    grid = weight_grid(LEXICAL, DENSE, [0.0, 1.0], depth=2)
-    assert list(grid) == [0.0, 1.0]
-    assert list(grid[0.0]["q1"]) == ["b", "d"]  # the dense order
-    assert list(grid[1.0]["q1"]) == ["a", "b"]  # the lexical order
+def test_weight_endpoints_and_depth():
+    assert list(fuse_runs(LEXICAL, DENSE, "wsum", 0.0, depth=2)["q1"]) == ["b", "d"]  # the dense order
+    assert list(fuse_runs(LEXICAL, DENSE, "wsum", 1.0, depth=2)["q1"]) == ["a", "b"]  # the lexical order
 
 
 def test_errors():

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from rag_diag.cli import main
 from rag_diag.errors import RagDiagError
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
 from rag_diag.models.registry import REGISTRY, list_models
+from rag_diag.pooling import REGISTRY as POOLINGS
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.2e-7
 
@@ -27,6 +31,16 @@ def test_registry_lists_the_four_models_with_kinds():
     assert rows["random-minilm"]["kind"] == "control"
     assert rows["minilm"]["installed"]
     assert set(rows) == set(REGISTRY)
+
+
+def test_models_command_lists_models_and_pooling_strategies(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        assert re.search(rf"│ {re.escape(name)} +│", out), name
+    for name, strategy in POOLINGS.items():  # the row's first line: name, output dimension, index metric
+        assert re.search(rf"│ {re.escape(name)} +│ {strategy.dim_formula} +│ {strategy.metric} +│", out), name
 
 
 def test_unknown_model_is_a_one_line_error():

@@ -162,11 +162,6 @@ def _search_without_self(index: Any, vectors: np.ndarray, rows: np.ndarray, k: i
     return out
 
 
-def knn_neighbours(means: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
-    """(N, k) exact nearest neighbours by cosine of the means (FAISS IndexFlatIP), self excluded."""
-    return neighbour_graph(means, k, exact_limit=len(means), chunk=chunk).neighbours
-
-
 def neighbour_graph(
     means: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, seed: int = 0, chunk: int = 4096,
 ) -> NeighbourGraph:

@@ -23,7 +23,6 @@ KIND = "collapse"
 FILES = ("summary.json", "docs.parquet", "pairs.parquet")
 PAIR_COLUMNS = ("doc_a", "doc_b", "d_mu", "d_sigma", "socm", "cos")
 DOC_COLUMNS = ("doc_id", "n_tokens", "concentration", "trace")
-KNN_DOC_COLUMNS = ("collapse_mean", "collapse_max", "top_confuser")
 
 
 def id_column(ids: pl.Series, rows: np.ndarray) -> pl.Series:

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 from scipy import sparse
 from scipy.sparse import csgraph
 
@@ -204,33 +203,3 @@ def cross_validate(
         in_sample={metric: float(np.mean(per_query[best][metric])) for metric in metrics},
     )
 
-
-def folds_frame(result: CrossValResult) -> pl.DataFrame:
-    """One row per fold: the chosen configuration, its training and held-out means, fold sizes."""
-    return pl.DataFrame(
-        [
-            {
-                "fold": choice.fold,
-                "chosen": choice.chosen.label,
-                "train_mean": choice.train_mean,
-                "test_mean": choice.test_mean,
-                "n_train": choice.n_train,
-                "n_test": choice.n_test,
-            }
-            for choice in result.folds
-        ],
-        schema={"fold": pl.Int64, "chosen": pl.String, "train_mean": pl.Float64, "test_mean": pl.Float64,
-                "n_train": pl.Int64, "n_test": pl.Int64},
-    )
-
-
-def out_of_fold_frame(result: CrossValResult) -> pl.DataFrame:
-    """One row per query: its fold, the configuration that scored it and its out-of-fold metric values."""
-    return pl.DataFrame(
-        {
-            "query_id": list(result.query_ids),
-            "fold": result.fold_of.tolist(),
-            "chosen": [c.label for c in result.chosen_for],
-            **{metric: values.tolist() for metric, values in result.out_of_fold.items()},
-        }
-    )

@@ -45,7 +45,7 @@ from rag_diag.corpora.io import Corpus, Qrels, Queries
 from rag_diag.corpora.probes import distractor_probes
 from rag_diag.defaults import DEFAULT_PROBES
 from rag_diag.errors import RagDiagError
-from rag_diag.evaluation.counterfactual import counterfactuals
+from rag_diag.evaluation.counterfactual import counterfactuals, success_from_metric
 from rag_diag.evaluation.crossval import Configuration, CrossValResult, cross_validate, query_groups
 from rag_diag.evaluation.result import EvalResult
 from rag_diag.evaluation.significance import ALPHA, compare_to_baseline
@@ -221,7 +221,7 @@ def candidates_from(by_family: dict[str, CrossValResult], query_ids: list[str],
     oof = {fam: {PRIMARY_METRIC: r.out_of_fold[PRIMARY_METRIC]} for fam, r in by_family.items()}
     best = max(by_family, key=lambda fam: (by_family[fam].out_of_fold_mean, fam == BASELINE))
     to_mean, to_best = compare_to_baseline(oof, BASELINE), compare_to_baseline(oof, best)
-    success = {fam: r.out_of_fold["P@1"] >= 1.0 for fam, r in by_family.items()}
+    success = success_from_metric({fam: r.out_of_fold for fam, r in by_family.items()})
     flips = {row.candidate: row for row in counterfactuals(success, BASELINE, query_ids)}
     rows = []
     for fam, result in by_family.items():

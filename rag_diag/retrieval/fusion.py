@@ -12,7 +12,7 @@ Two methods, per query over the union of the two runs' documents:
 
 A query missing from one run (or with no document there, e.g. no BM25 term match) is fused from the
 other run alone, by the same formulas. The weight w is the lexical share; tune it with
-:func:`rag_diag.evaluation.crossval.cross_validate` over the runs of :func:`weight_grid`.
+:func:`rag_diag.evaluation.crossval.cross_validate` over one fused run per weight.
 
 These are the definitions of ranx's ``fuse(norm="min-max", method="wsum")`` and ``fuse(method="rrf")``
 (the tests check against it). They are computed here because ranx builds numba typed dictionaries, whose
@@ -20,8 +20,6 @@ methods compile anew in every process: 20–25 s of an audit's wall time, measur
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from rag_diag.errors import RagDiagError
 from rag_diag.retrieval.lexical import Run
@@ -94,8 +92,3 @@ def fuse_runs(
         ranked = sorted(fused.items(), key=lambda pair: (-pair[1], pair[0]))
         result[query_id] = dict(ranked[:depth])
     return result
-
-
-def weight_grid(lexical: Run, dense: Run, weights: Sequence[float], depth: int | None = None) -> dict[float, Run]:
-    """One ``wsum`` fused run per lexical weight w (w = 0 is the dense ranking, w = 1 the lexical one)."""
-    return {float(weight): fuse_runs(lexical, dense, "wsum", weight, depth=depth) for weight in weights}

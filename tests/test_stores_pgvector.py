@@ -154,6 +154,20 @@ def test_plain_table_read_back_bit_for_bit_in_id_order(dsn, small):
         reader.close()
 
 
+def test_uri_options_name_the_plain_tables_columns(dsn, small):
+    from rag_diag.stores.stored import open_reader
+
+    vectors, ids = small
+    make_table(dsn, ids, vectors, metadatas=[{"label": f"l{i}"} for i in ids])
+    uri = f"{dsn}{'&' if '?' in dsn else '?'}table=docs&text=body&metadata=meta"
+    reader = open_reader(uri)
+    try:
+        assert reader.ids() == sorted(ids) and reader.texts() == [f"text {i}" for i in sorted(ids)]
+        assert reader.metadatas() == [{"label": f"l{i}"} for i in sorted(ids)]
+    finally:
+        reader.close()
+
+
 def test_integer_ids_are_sorted_as_strings(dsn, small):
     vectors, _ = small
     make_table(dsn, [10, 9, 100, 2, 1], vectors, id_type="bigint")

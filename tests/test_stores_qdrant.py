@@ -115,6 +115,49 @@ def test_uuid_ids_after_integers_and_langchain_payload(tmp_path, qdrant):
     np.testing.assert_array_equal(stored.vectors(np.arange(4)), vectors[[1, 2, 3, 0]])
 
 
+def test_llamaindex_payload_text_comes_from_the_node(tmp_path, qdrant):
+    """LlamaIndex's Qdrant store writes node_to_metadata_dict(node): the node's metadata flat, beside the node as
+    JSON and its ref_doc_id three times. Metadata keys named like a text key stay metadata."""
+    schema = pytest.importorskip("llama_index.core.schema", reason="needs llama-index-core")
+    from llama_index.core.vector_stores.utils import node_to_metadata_dict
+
+    nodes = [schema.TextNode(text=f"chunk {i}", metadata={"label": f"l{i}", "document": "report.pdf", "text": "x"})
+             for i in range(2)]
+    nodes[0].relationships[schema.NodeRelationship.SOURCE] = schema.RelatedNodeInfo(node_id="report")
+    payloads = [node_to_metadata_dict(node, remove_text=False, flat_metadata=False) for node in nodes]
+    ids = sorted(node.node_id for node in nodes)
+    by_id = {node.node_id: payload for node, payload in zip(nodes, payloads, strict=True)}
+    stored = open_store(build(tmp_path / "q", qdrant, np.eye(2, 4, dtype=np.float32), ids=ids,
+                              payloads=[by_id[i] for i in ids]))
+    expected = {node.node_id: (node.text, {**node.metadata, **({"ref_doc_id": "report"} if node is nodes[0] else {})})
+                for node in nodes}
+    assert stored.doc_ids == ids
+    assert list(zip(stored.texts, stored.metadatas, strict=True)) == [expected[i] for i in ids]
+
+
+def test_haystack_meta_is_lifted_and_a_payload_id_key_is_taken_out(tmp_path, qdrant):
+    """Haystack's Document.to_dict(flatten=False) layout: {id, content, meta: {...}, ...}; ?id=id reads its ids."""
+    payloads = [{"id": f"h{i}", "content": f"text {i}", "blob": None, "meta": {"label": f"l{i}", "page": i}}
+                for i in range(2)]
+    folder = build(tmp_path / "q", qdrant, np.eye(2, 4, dtype=np.float32), ids=[0, 1], payloads=payloads)
+    stored = open_store(f"qdrant+path://{folder}?id=id#{COLLECTION}")
+    assert stored.doc_ids == ["h0", "h1"] and stored.texts == ["text 0", "text 1"]
+    assert stored.metadatas == [{"blob": None, "label": "l0", "page": 0}, {"blob": None, "label": "l1", "page": 1}]
+
+
+def test_written_store_keeps_a_metadata_key_named_like_its_id_key(tmp_path):
+    pytest.importorskip("qdrant_client", reason=HINT)
+    from rag_diag.stores.protocol import StoreRows
+    from rag_diag.stores.qdrant import ID_KEY, write_qdrant
+
+    metadatas = [{"label": "a", ID_KEY: "EXT-9"}, {"label": "b"}]
+    spec = write_qdrant(tmp_path / "w", StoreRows(ids=["d1", "d2"], texts=["one", "two"], metadatas=metadatas,
+                                                  vectors=np.eye(2, 4, dtype=np.float32), distance="cosine"),
+                        collection=COLLECTION)
+    stored = open_store(spec)
+    assert dict(zip(stored.doc_ids, stored.metadatas, strict=True)) == {"d1": metadatas[0], "d2": metadatas[1]}
+
+
 def test_text_key_option_and_missing_text(tmp_path, qdrant, small):
     vectors, ids, _ = small
     folder = build(tmp_path / "q", qdrant, vectors, ids=ids, payloads=[{"body": f"b{i}"} for i in ids], distance="Dot")

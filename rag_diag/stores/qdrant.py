@@ -11,10 +11,14 @@ A local-mode folder holds ``meta.json`` (the collections and their vector parame
   payload value under that key (Qdrant point ids must be integers or UUIDs, so stores built from
   documents with string ids keep them in the payload; LangChain keeps them under ``metadata``); a store
   :func:`write_qdrant` wrote is recognised (each point id is the UUID5 of its payload ``doc_id``).
-- **texts**: from the payload: ``text_key`` when given, else the first string among
-  :data:`TEXT_KEYS` (``page_content`` for LangChain, ``text``, ``document``, ``content`` for Haystack),
-  else LlamaIndex's ``_node_content`` JSON ``text``.
-- **metadata**: the rest of the payload; a nested ``metadata`` object (LangChain) is lifted to the top.
+- **texts**: from the payload: ``text_key`` when given; else LlamaIndex's ``_node_content`` JSON ``text`` when
+  the point has one (its other payload keys are the node's metadata, so a metadata key ``text`` or ``document``
+  stays metadata); else the first string among :data:`TEXT_KEYS` (``page_content`` for LangChain, ``text``,
+  ``document``, ``content`` for Haystack).
+- **metadata**: the rest of the payload, less the document id (when the ids come from the payload) and
+  LlamaIndex's bookkeeping (:data:`LLAMA_INDEX_KEYS`; ``ref_doc_id``, the source document, is kept); a nested
+  ``metadata`` (LangChain) or ``meta`` (Haystack) object is lifted to the top. The id is taken out before the
+  lift, so a metadata key of the same name as the payload's id key is kept.
 - **vectors**: the collection's dense vector (the unnamed one, or the only named one, or ``vector_name``),
   float32; distance Cosine → ``cosine``, Dot → ``dot``, Euclid → ``l2`` (Manhattan is refused).
 - **search**: the collection's own ``query_points`` at its settings (HNSW on a server; exact in local mode).
@@ -47,7 +51,11 @@ KIND = "qdrant"
 PIN = "qdrant-client==1.20.0"
 TEXT_KEYS = ("page_content", "text", "document", "content")
 """Payload keys tried, in order, for a point's text (LangChain, LlamaIndex/common, Chroma-like, Haystack)."""
-LLAMA_INDEX_KEYS = ("_node_content", "_node_type")
+LLAMA_INDEX_KEYS = ("_node_content", "_node_type", "document_id", "doc_id")
+"""Payload keys LlamaIndex adds beside a node's metadata: the node as JSON, its type, and two copies of
+``ref_doc_id``."""
+NESTED_METADATA = ("metadata", "meta")
+"""Payload keys of a nested metadata object, lifted to the top: LangChain's and Haystack's."""
 DISTANCES: dict[str, Distance] = {"Cosine": "cosine", "Dot": "dot", "Euclid": "l2"}
 
 
@@ -149,14 +157,13 @@ class QdrantReader(RowsInMemory):
         from_payload = self._ids != [str(point.id) for point in points]
         self._texts, self._metadatas = [], []
         for point in points:
-            text, metadata = _text_and_metadata(point.payload or {}, text_key)
+            text, metadata = _text_and_metadata(point.payload or {}, text_key, (id_key or ID_KEY) if from_payload
+                                                else None)
             if text is None:
                 keys = ", ".join(sorted(point.payload or {})) or "none"
                 wanted = f"'{text_key}'" if text_key else ", ".join(TEXT_KEYS)
                 raise RagDiagError(f"{self.path}#{collection}: point {point.id} has no text in its payload (looked for "
                                    f"{wanted}; payload keys: {keys}); name the key with ?text=KEY")
-            if from_payload:  # the id is the row's id, not metadata
-                metadata.pop(id_key or ID_KEY, None)
             self._texts.append(text)
             self._metadatas.append(metadata)
 
@@ -202,28 +209,46 @@ class QdrantReader(RowsInMemory):
             self._client = None
 
 
-def _text_and_metadata(payload: dict[str, Any], text_key: str | None) -> tuple[str | None, dict[str, Any]]:
-    """A point's text and metadata from its payload (see the module docstring)."""
+def _text_and_metadata(
+    payload: dict[str, Any], text_key: str | None, id_key: str | None = None,
+) -> tuple[str | None, dict[str, Any]]:
+    """A point's text and metadata from its payload (see the module docstring); ``id_key``: the payload key the
+    document id was read from (taken out of the top level when there, else out of the lifted metadata)."""
     rest = dict(payload)
-    text: str | None = None
-    for key in (text_key,) if text_key else TEXT_KEYS:
-        if isinstance(rest.get(key), str):
-            text = rest.pop(key)
-            break
-    if text is None and not text_key and isinstance(rest.get("_node_content"), str):
-        try:
-            node = json.loads(rest["_node_content"])
-        except ValueError:
-            node = None
-        if isinstance(node, dict) and isinstance(node.get("text"), str):
-            text = node["text"]
-    for key in LLAMA_INDEX_KEYS:
-        rest.pop(key, None)
-    nested = rest.get("metadata")
-    if isinstance(nested, dict):
-        del rest["metadata"]
-        rest = {**rest, **nested}
+    id_in_nested = id_key is not None and id_key not in rest
+    if id_key is not None:
+        rest.pop(id_key, None)
+    text = None if text_key else _node_text(rest.get("_node_content"))
+    if text is not None or "_node_content" in rest:
+        for key in LLAMA_INDEX_KEYS:
+            rest.pop(key, None)
+        if rest.get("ref_doc_id") == "None":  # LlamaIndex's placeholder for a node without a source document
+            del rest["ref_doc_id"]
+    if text is None:
+        for key in (text_key,) if text_key else TEXT_KEYS:
+            if isinstance(rest.get(key), str):
+                text = rest.pop(key)
+                break
+    for key in NESTED_METADATA:
+        nested = rest.get(key)
+        if isinstance(nested, dict):
+            del rest[key]
+            rest = {**rest, **nested}
+    if id_in_nested:
+        rest.pop(str(id_key), None)
     return text, rest
+
+
+def _node_text(node_content: Any) -> str | None:
+    """The ``text`` of LlamaIndex's ``_node_content`` JSON, when it holds a non-empty one."""
+    if not isinstance(node_content, str):
+        return None
+    try:
+        node = json.loads(node_content)
+    except ValueError:
+        return None
+    text = node.get("text") if isinstance(node, dict) else None
+    return text if isinstance(text, str) and text else None
 
 
 def _doc_ids(points: list[Any], id_key: str | None, where: str) -> list[str]:

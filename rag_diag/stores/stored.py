@@ -161,7 +161,7 @@ def open_reader(
         from rag_diag.stores.pgvector import PgvectorReader, open_folder
 
         names = {"table": "table", "id": "id_column", "text": "text_column", "embedding": "embedding_column",
-                 "distance": "distance"}
+                 "metadata": "metadata_column", "distance": "distance"}
         options: dict[str, Any] = {names[key]: value for key, value in spec.options.items()}
         if spec.url is None:
             return open_folder(path, collection=collection, **options)

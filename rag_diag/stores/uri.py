@@ -19,7 +19,8 @@ Options go in the query string, before the fragment, as in any URI:
 
 - Qdrant: ``vector=NAME`` (one of several named vectors), ``text=KEY`` (payload key of the text),
   ``id=KEY`` (payload key of the document id; :func:`rag_diag.stores.qdrant.write_qdrant` writes ``doc_id``);
-- Postgres: ``table=``, ``id=``, ``text=``, ``embedding=`` (a plain table's columns) and ``distance=``
+- Postgres: ``table=``, ``id=``, ``text=``, ``embedding=``, ``metadata=`` (a plain table's columns; without
+  ``metadata=`` its rows have no metadata) and ``distance=``
   (``cosine``, ``dot``, ``l2`` when no pgvector index names it); any other query parameter (``host=``,
   ``sslmode=`` …) stays in the connection string.
 
@@ -43,7 +44,7 @@ SCHEMES = {
     "postgresql": "pgvector", "postgres": "pgvector", "postgresql+psycopg": "pgvector", "pgvector+path": "pgvector",
 }
 """URI schemes and the store kind each names."""
-OPTIONS = {"qdrant": ("vector", "text", "id"), "pgvector": ("table", "id", "text", "embedding", "distance")}
+OPTIONS = {"qdrant": ("vector", "text", "id"), "pgvector": ("table", "id", "text", "embedding", "metadata", "distance")}
 WITH_COLLECTIONS = ("qdrant", "chroma", "llamaindex", "pgvector")
 SERVERS = ("qdrant+http", "qdrant+https", "postgresql", "postgres", "postgresql+psycopg")
 

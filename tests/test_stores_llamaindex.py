@@ -246,6 +246,38 @@ def test_write_llamaindex_round_trips(tmp_path, core, faiss_store, small, flavou
     assert hits[0].node.node_id == ids[1] and hits[0].node.get_content() == texts[1]
 
 
+def test_rewritten_index_keeps_its_nodes_relationships_and_index_id(tmp_path, core, small):
+    """``audit --export`` of a LlamaIndex store: documents split into nodes keep their source document (the
+    docstore's ref-doc records) and excluded metadata keys; only the vectors change."""
+    from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
+
+    from rag_diag.stores.llamaindex import write_llamaindex
+
+    vectors, ids, texts, metadatas = small
+    nodes = nodes_of(ids, texts, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), metadatas)
+    for position, node in enumerate(nodes):
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=f"chapter-{position % 2}")
+        node.excluded_embed_metadata_keys = ["page"]
+    build(tmp_path / "s", core, nodes, index_id="mine")
+    stored = stored_from_reader(read(tmp_path / "s"))
+    new_vectors = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    new_vectors /= np.linalg.norm(new_vectors, axis=1, keepdims=True)
+    write_llamaindex(tmp_path / "w", StoreRows(stored.doc_ids, stored.texts, stored.metadatas, new_vectors, "cosine",
+                                               layout=stored.layout))
+    reader = read(tmp_path / "w")
+    assert (reader.ids(), reader.texts(), reader.metadatas(), reader.collection) == (
+        stored.doc_ids, stored.texts, stored.metadatas, "mine")
+    np.testing.assert_array_equal(np.concatenate(list(reader.vectors())), new_vectors)
+    before, after = (core.StorageContext.from_defaults(persist_dir=str(tmp_path / name)).docstore for name in "sw")
+    def members(docstore):  # each source document's nodes (in insertion order, which the reader's row order sets)
+        return {doc: sorted(info.node_ids) for doc, info in docstore.get_all_ref_doc_info().items()}
+
+    assert members(after) == members(before) == {"chapter-0": ["c", "d", "e"], "chapter-1": ["a", "b"]}
+    for node_id in stored.doc_ids:
+        old, new = before.get_node(node_id), after.get_node(node_id)
+        assert (new.ref_doc_id, new.excluded_embed_metadata_keys) == (old.ref_doc_id, ["page"])
+
+
 def test_writer_refusals(tmp_path, small):
     from rag_diag.stores.llamaindex import write_llamaindex
 

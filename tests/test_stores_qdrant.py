@@ -158,6 +158,39 @@ def test_written_store_keeps_a_metadata_key_named_like_its_id_key(tmp_path):
     assert dict(zip(stored.doc_ids, stored.metadatas, strict=True)) == {"d1": metadatas[0], "d2": metadatas[1]}
 
 
+def test_rewritten_collection_keeps_point_ids_payloads_and_vector_name(tmp_path, qdrant):
+    """``audit --export`` of a LlamaIndex-written collection (named vector, ids read with ?id=): the copy keeps
+    every point's id and payload, so LlamaIndex still rebuilds its nodes; only the vectors change."""
+    schema = pytest.importorskip("llama_index.core.schema", reason="needs llama-index-core")
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+
+    from rag_diag.stores.protocol import StoreRows
+    from rag_diag.stores.qdrant import write_qdrant
+
+    nodes = [schema.TextNode(id_=str(uuid.uuid5(uuid.NAMESPACE_URL, f"n{i}")), text=f"chunk {i}",
+                             metadata={"label": f"l{i}", "key": f"k{i}"}) for i in range(3)]
+    payloads = [node_to_metadata_dict(node, remove_text=False, flat_metadata=False) for node in nodes]
+    folder = build(tmp_path / "q", qdrant, np.eye(3, 4, dtype=np.float32), ids=[n.node_id for n in nodes],
+                   payloads=payloads, name="text-dense")
+    stored = open_store(f"qdrant+path://{folder}?id=key#{COLLECTION}")
+    new_vectors = np.eye(3, 4, k=1, dtype=np.float32)
+    spec = write_qdrant(tmp_path / "w", StoreRows(stored.doc_ids, stored.texts, stored.metadatas, new_vectors,
+                                                  "cosine", layout=stored.layout), collection=COLLECTION)
+    assert spec == f"qdrant+path://{tmp_path / 'w'}?vector=text-dense&id=key#{COLLECTION}"
+    again = open_store(spec)
+    assert (again.doc_ids, again.texts, again.metadatas) == (stored.doc_ids, stored.texts, stored.metadatas)
+    np.testing.assert_array_equal(again.vectors(np.arange(3)), new_vectors)
+    client = qdrant.QdrantClient(path=str(tmp_path / "w"))
+    try:
+        records = {r.id: r for r in client.retrieve(COLLECTION, ids=[n.node_id for n in nodes], with_vectors=True)}
+    finally:
+        client.close()
+    for node, payload in zip(nodes, payloads, strict=True):
+        record = records[node.node_id]
+        assert record.payload == payload and set(record.vector) == {"text-dense"}
+        assert metadata_dict_to_node(record.payload).get_content() == node.text
+
+
 def test_text_key_option_and_missing_text(tmp_path, qdrant, small):
     vectors, ids, _ = small
     folder = build(tmp_path / "q", qdrant, vectors, ids=ids, payloads=[{"body": f"b{i}"} for i in ids], distance="Dot")

@@ -367,7 +367,7 @@ def export_pooling(result: AuditResult, stored: StoredIndex, destination: str, p
         raise RagDiagError("--export pools the audit's token store, which a summaries-mode audit does not keep: "
                            "raise --memory-budget (or --max-store) so the token store fits")
     rows = pooled_rows(result.tokens, pooling, texts=stored.texts, metadatas=stored.metadatas,
-                       distance=store_distance(stored, result.summary["model_check"]))
+                       distance=store_distance(stored, result.summary["model_check"]), layout=stored.layout)
     flavour = "faiss" if stored.distance is None else "simple"  # a LlamaIndex store kept its own FAISS index
     written = write_store(stored.kind, destination, rows, collection=collection, flavour=flavour)
     result.summary["export"] = {"pooling": pooling, "store": written, "kind": stored.kind, "distance": rows.distance,

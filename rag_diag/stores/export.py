@@ -7,13 +7,16 @@ user switches pooling without embedding the corpus a second time:
     v_i ← v_i / ‖v_i‖            for a pooling compared by cosine (then inner product and L2 rank as cosine)
 
 and are written, with the store's ids, texts, metadata and distance, by the writer of the store's kind into
-a new folder (or, for a Postgres server, a new collection of the same database). The audited store is never
-written to.
+a new folder (or, for a Postgres server, a new collection of the same database). Where the store's own records
+hold more than that (a Qdrant point's id, payload layout and vector name; a LlamaIndex node's relationships and
+excluded metadata keys), the writer keeps them as they were, so the application that reads the store reads the
+export the same way. The audited store is never written to.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +42,10 @@ STORE_METRIC = {"l2": "l2", "ip": "dot"}
 
 def pooled_rows(
     tokens: TokenStore, pooling: str, *, texts: list[str], metadatas: list[dict], distance: Distance,
+    layout: Any = None,
 ) -> StoreRows:
-    """The rows to write: the token store's texts pooled with ``pooling`` (normalised as the docstring says)."""
+    """The rows to write: the token store's texts pooled with ``pooling`` (normalised as the docstring says), with
+    the audited store's ``layout`` (:meth:`~rag_diag.stores.protocol.StoreReader.layout`) for its writer to keep."""
     strategy = get_strategy(pooling)
     if strategy.metric != "cosine" and STORE_METRIC[strategy.metric] != distance:
         raise RagDiagError(f"pooling '{pooling}' is compared by {STORE_METRIC[strategy.metric]}, which a "
@@ -49,7 +54,7 @@ def pooled_rows(
     if strategy.metric == "cosine":
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return StoreRows(ids=list(tokens.doc_ids), texts=list(texts), metadatas=[dict(m) for m in metadatas],
-                     vectors=np.ascontiguousarray(vectors, dtype=np.float32), distance=distance)
+                     vectors=np.ascontiguousarray(vectors, dtype=np.float32), distance=distance, layout=layout)
 
 
 def write_bare_faiss(folder: str | Path, rows: StoreRows) -> str:

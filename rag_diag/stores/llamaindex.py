@@ -24,6 +24,9 @@ several vector indexes (other kinds of index are ignored).
   text with its metadata prepended (``MetadataMode.EMBED``), so a store whose nodes carry metadata and were
   embedded by LlamaIndex may fail the model check; nodes given their own embeddings pass it.
 - **metadata**: the docstore node's metadata.
+- **layout** (:class:`LlamaIndexLayout`): the docstore nodes themselves (their relationships, e.g. the source
+  document, and excluded metadata keys) and the index id, which :func:`write_llamaindex` keeps when it writes
+  another pooling of the index (``audit --export``).
 - **vectors**: the stored floats as float32 (bit for bit: LlamaIndex writes float32 values as JSON doubles);
   distance simple → ``cosine``; faiss → from the FAISS metric (inner product → ``dot``, L2 → ``l2``).
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,6 +60,14 @@ VECTOR_STORE = "default__vector_store.json"
 FLAVOURS = ("simple", "faiss")
 WRITTEN_INDEX_ID = "rag-diag"
 """The index id :func:`write_llamaindex` gives its index (LlamaIndex's default is a random UUID)."""
+
+
+@dataclass(frozen=True)
+class LlamaIndexLayout:
+    """A vector index's own records: its docstore nodes by row, and its index id."""
+
+    nodes: list[Any]
+    index_id: str
 
 
 def is_llamaindex_folder(path: Path) -> bool:
@@ -151,12 +163,15 @@ class LlamaIndexReader(RowsInMemory):
         self._texts, self._metadatas = [], []
         from llama_index.core.schema import MetadataMode
 
+        nodes = []
         for node_id in self._ids:
             node = storage.docstore.get_node(node_id, raise_error=False)
             if node is None:
                 raise RagDiagError(f"{where}: node '{node_id}' is not in {DOCSTORE}")
             self._texts.append(node.get_content(metadata_mode=MetadataMode.NONE))
             self._metadatas.append(dict(node.metadata or {}))
+            nodes.append(node)
+        self._layout = LlamaIndexLayout(nodes, self.collection)
 
     @staticmethod
     def _faiss_keys(where: str, nodes_dict: dict[str, str], ntotal: int) -> list[str]:
@@ -246,7 +261,9 @@ def write_llamaindex(folder: Path, rows: StoreRows, *, flavour: str = "simple") 
     """Persist ``rows`` as a LlamaIndex ``VectorStoreIndex`` in ``folder`` (atomically); returns its spec.
 
     Each row becomes a ``TextNode(id_=id, text=text, metadata=metadata, embedding=vector)`` (the vectors as
-    given: nothing is embedded, the embed model refuses). The index id is :data:`WRITTEN_INDEX_ID`.
+    given: nothing is embedded, the embed model refuses). The index id is :data:`WRITTEN_INDEX_ID`. Rows read
+    from a LlamaIndex index (``rows.layout`` a :class:`LlamaIndexLayout`) are written as copies of its nodes
+    (relationships, excluded metadata keys and all) with the new vectors, under its index id.
 
     Args:
         folder: the storage folder (replaced only when it is a rag-diag ``llamaindex-store``).
@@ -265,8 +282,15 @@ def write_llamaindex(folder: Path, rows: StoreRows, *, flavour: str = "simple") 
     from llama_index.core.schema import TextNode
 
     vectors = np.asarray(rows.vectors, dtype=np.float32)
-    nodes = [TextNode(id_=node_id, text=text, metadata=dict(metadata), embedding=vector.tolist())
-             for node_id, text, metadata, vector in zip(rows.ids, rows.texts, rows.metadatas, vectors, strict=True)]
+    layout = rows.layout if isinstance(rows.layout, LlamaIndexLayout) else None
+    if layout is None:
+        nodes = [TextNode(id_=node_id, text=text, metadata=dict(metadata), embedding=vector.tolist())
+                 for node_id, text, metadata, vector in zip(rows.ids, rows.texts, rows.metadatas, vectors, strict=True)]
+    elif [node.node_id for node in layout.nodes] != list(rows.ids):
+        raise RagDiagError("the LlamaIndex layout's nodes are not the rows to write")
+    else:
+        nodes = [node.model_copy(deep=True, update={"embedding": vector.tolist()})
+                 for node, vector in zip(layout.nodes, vectors, strict=True)]
     vector_store = None
     if faiss_store is not None:
         flat = faiss.IndexFlatL2 if rows.distance == "l2" else faiss.IndexFlatIP
@@ -274,6 +298,6 @@ def write_llamaindex(folder: Path, rows: StoreRows, *, flavour: str = "simple") 
     with atomic.atomic_dir(folder, kind="llamaindex-store") as tmp:
         storage = core.StorageContext.from_defaults(vector_store=vector_store)
         index = core.VectorStoreIndex(nodes, storage_context=storage, embed_model=_refusing_embedding())
-        index.set_index_id(WRITTEN_INDEX_ID)
+        index.set_index_id(WRITTEN_INDEX_ID if layout is None else layout.index_id)
         index.storage_context.persist(persist_dir=str(tmp))
     return str(folder)

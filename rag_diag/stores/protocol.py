@@ -106,6 +106,12 @@ class StoreReader(Protocol):
         """
         ...
 
+    def layout(self) -> Any:
+        """The store's own records of its rows (e.g. Qdrant's point ids and payloads, LlamaIndex's nodes), which
+        an export to a store of the same kind keeps as they are, so that only the vectors change; None where ids,
+        texts and metadata are all its writer needs."""
+        ...
+
     def close(self) -> None:
         """Release the store (Qdrant local mode locks its folder while a client holds it)."""
         ...
@@ -124,6 +130,9 @@ class StoreRows:
     metadatas: list[dict[str, Any]]
     vectors: np.ndarray
     distance: Distance
+    layout: Any = None
+    """The audited store's own records (:meth:`StoreReader.layout`) when these rows are written back to a store of
+    its kind: its writer then keeps them and changes only the vectors."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -226,6 +235,7 @@ class RowsInMemory:
     _ids: list[str]
     _texts: list[str]
     _metadatas: list[dict[str, Any]]
+    _layout: Any = None
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -241,3 +251,7 @@ class RowsInMemory:
     def metadatas(self) -> list[dict[str, Any]]:
         """Document metadata by row (copies)."""
         return [dict(metadata) for metadata in self._metadatas]
+
+    def layout(self) -> Any:
+        """The store's own records of its rows, kept by an export to its kind (None: none to keep)."""
+        return self._layout

@@ -22,6 +22,8 @@ A local-mode folder holds ``meta.json`` (the collections and their vector parame
 - **vectors**: the collection's dense vector (the unnamed one, or the only named one, or ``vector_name``),
   float32; distance Cosine → ``cosine``, Dot → ``dot``, Euclid → ``l2`` (Manhattan is refused).
 - **search**: the collection's own ``query_points`` at its settings (HNSW on a server; exact in local mode).
+- **layout** (:class:`QdrantLayout`): the point ids, payloads and vector name, which :func:`write_qdrant` keeps
+  when it writes another pooling of the collection (``audit --export``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,17 @@ LLAMA_INDEX_KEYS = ("_node_content", "_node_type", "document_id", "doc_id")
 NESTED_METADATA = ("metadata", "meta")
 """Payload keys of a nested metadata object, lifted to the top: LangChain's and Haystack's."""
 DISTANCES: dict[str, Distance] = {"Cosine": "cosine", "Dot": "dot", "Euclid": "l2"}
+
+
+@dataclass(frozen=True)
+class QdrantLayout:
+    """A collection's own records, by row: point ids and payloads as stored; the dense vector's name (None: the
+    unnamed vector); and the ``?…`` options the collection was read with, so a copy reads the same way."""
+
+    point_ids: list[int | str]
+    payloads: list[dict[str, Any]]
+    vector_name: str | None
+    options: dict[str, str]
 
 
 def is_qdrant_folder(path: Path) -> bool:
@@ -166,6 +180,9 @@ class QdrantReader(RowsInMemory):
                                    f"{wanted}; payload keys: {keys}); name the key with ?text=KEY")
             self._texts.append(text)
             self._metadatas.append(metadata)
+        options = {"vector": vector_name, "text": text_key, "id": id_key}
+        self._layout = QdrantLayout(list(self._point_ids), [dict(point.payload or {}) for point in points], vector_name,
+                                    {key: value for key, value in options.items() if value})
 
     # ----------------------------------------------------------------------------------- the protocol
 
@@ -289,27 +306,39 @@ def write_qdrant(folder: str | Path, rows: StoreRows, *, collection: str) -> str
 
     Points get UUID5 ids derived from the document ids; the payload holds ``page_content`` (the text),
     ``metadata`` (the metadata) and :data:`ID_KEY` (the document id), which the reader takes as the
-    document id because each point id is derived from it.
+    document id because each point id is derived from it. Rows read from a Qdrant collection
+    (``rows.layout`` a :class:`QdrantLayout`) keep that collection's point ids, payloads and vector name instead,
+    and the URI carries the options it was read with.
     """
     try:
         from qdrant_client import QdrantClient, models
     except ImportError:
         raise missing_library("qdrant-client", PIN, "Qdrant store") from None
+    layout = rows.layout if isinstance(rows.layout, QdrantLayout) else None
+    if layout is None:
+        ids: list[int | str] = [point_id(doc_id) for doc_id in rows.ids]
+        payloads = [{"page_content": text, "metadata": dict(metadata), ID_KEY: doc_id}
+                    for doc_id, text, metadata in zip(rows.ids, rows.texts, rows.metadatas, strict=True)]
+    elif len(layout.point_ids) != len(rows.ids):
+        raise RagDiagError(f"the Qdrant layout has {len(layout.point_ids)} points for {len(rows.ids)} rows")
+    else:
+        ids, payloads = layout.point_ids, layout.payloads
+    name = None if layout is None else layout.vector_name
     with atomic.atomic_dir(folder, kind="qdrant-store") as tmp:
         client = QdrantClient(path=str(tmp))
         try:
-            distance = models.Distance(QDRANT_DISTANCES[rows.distance])
-            client.create_collection(collection, vectors_config=models.VectorParams(
-                size=int(rows.vectors.shape[1]), distance=distance))
+            params = models.VectorParams(size=int(rows.vectors.shape[1]),
+                                         distance=models.Distance(QDRANT_DISTANCES[rows.distance]))
+            client.create_collection(collection, vectors_config=params if name is None else {name: params})
             for start in range(0, len(rows.ids), BATCH_SIZE):
                 stop = min(start + BATCH_SIZE, len(rows.ids))
+                vectors = np.asarray(rows.vectors[start:stop], dtype=np.float32)
                 client.upsert(collection, points=[
-                    models.PointStruct(id=point_id(doc_id), vector=vector.tolist(),
-                                       payload={"page_content": text, "metadata": dict(metadata), ID_KEY: doc_id})
-                    for doc_id, text, metadata, vector in zip(
-                        rows.ids[start:stop], rows.texts[start:stop], rows.metadatas[start:stop],
-                        np.asarray(rows.vectors[start:stop], dtype=np.float32), strict=True)
+                    models.PointStruct(id=pid, vector=vector.tolist() if name is None else {name: vector.tolist()},
+                                       payload=payload)
+                    for pid, payload, vector in zip(ids[start:stop], payloads[start:stop], vectors, strict=True)
                 ])
         finally:
             client.close()
-    return f"qdrant+path://{folder}#{collection}"
+    query = "&".join(f"{key}={value}" for key, value in ({} if layout is None else layout.options).items())
+    return f"qdrant+path://{folder}{'?' + query if query else ''}#{collection}"

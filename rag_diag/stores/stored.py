@@ -48,6 +48,8 @@ class StoredIndex:
     """The store's distance (None for a FAISS store, whose index metric says it)."""
     native_search: Callable[[np.ndarray, int], np.ndarray | None] | None = None
     """The store's own search (:meth:`StoreReader.search`) while its reader is open, else None."""
+    layout: Any = None
+    """The store's own records of its rows (:meth:`StoreReader.layout`), kept by ``audit --export``."""
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, str]:
         """Top-``k`` rows per query (n × k, −1 padded) through the store's own search when it has one, else
@@ -206,7 +208,7 @@ def stored_from_reader(reader: StoreReader, *, native: bool = False) -> StoredIn
         index = exact_index(reader)
     return StoredIndex(reader.path, reader.kind, index, reader.ids(), reader.texts(), reader.metadatas(),
                        distance=None if own else reader.distance,
-                       native_search=reader.search if native and not own else None)
+                       native_search=reader.search if native and not own else None, layout=reader.layout())
 
 
 @contextmanager

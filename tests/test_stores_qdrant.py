@@ -135,14 +135,19 @@ def test_llamaindex_payload_text_comes_from_the_node(tmp_path, qdrant):
     assert list(zip(stored.texts, stored.metadatas, strict=True)) == [expected[i] for i in ids]
 
 
-def test_haystack_meta_is_lifted_and_a_payload_id_key_is_taken_out(tmp_path, qdrant):
-    """Haystack's Document.to_dict(flatten=False) layout: {id, content, meta: {...}, ...}; ?id=id reads its ids."""
+@pytest.mark.parametrize("derived", [True, False])
+def test_haystack_meta_is_lifted_and_its_ids_read(tmp_path, qdrant, derived):
+    """Haystack's layout: payload Document.to_dict(flatten=False) = {id, content, meta: {...}, ...}, point id the
+    UUID5 of ``id`` in Haystack's namespace (as hex), so its ids are found without ?id=id (needed otherwise)."""
+    namespace = uuid.UUID("3896d314-1e95-4a3a-b45a-945f9f0b541d")  # haystack_integrations' Qdrant converters
     payloads = [{"id": f"h{i}", "content": f"text {i}", "blob": None, "meta": {"label": f"l{i}", "page": i}}
                 for i in range(2)]
-    folder = build(tmp_path / "q", qdrant, np.eye(2, 4, dtype=np.float32), ids=[0, 1], payloads=payloads)
-    stored = open_store(f"qdrant+path://{folder}?id=id#{COLLECTION}")
-    assert stored.doc_ids == ["h0", "h1"] and stored.texts == ["text 0", "text 1"]
-    assert stored.metadatas == [{"blob": None, "label": "l0", "page": 0}, {"blob": None, "label": "l1", "page": 1}]
+    ids = [uuid.uuid5(namespace, p["id"]).hex for p in payloads] if derived else [0, 1]
+    folder = build(tmp_path / "q", qdrant, np.eye(2, 4, dtype=np.float32), ids=ids, payloads=payloads)
+    stored = open_store(folder if derived else f"qdrant+path://{folder}?id=id#{COLLECTION}")
+    assert sorted(zip(stored.doc_ids, stored.texts, strict=True)) == [("h0", "text 0"), ("h1", "text 1")]
+    assert sorted(stored.metadatas, key=lambda m: m["page"]) == [
+        {"blob": None, "label": "l0", "page": 0}, {"blob": None, "label": "l1", "page": 1}]
 
 
 def test_written_store_keeps_a_metadata_key_named_like_its_id_key(tmp_path):

@@ -10,7 +10,8 @@ A local-mode folder holds ``meta.json`` (the collections and their vector parame
   the order Qdrant's own scroll uses; ``doc_ids`` are the ids as strings, or, with ``id_key``, the
   payload value under that key (Qdrant point ids must be integers or UUIDs, so stores built from
   documents with string ids keep them in the payload; LangChain keeps them under ``metadata``); a store
-  :func:`write_qdrant` wrote is recognised (each point id is the UUID5 of its payload ``doc_id``).
+  :func:`write_qdrant` wrote is recognised (each point id is the UUID5 of its payload ``doc_id``), and so is one
+  Haystack wrote (each point id the UUID5 of its payload ``id``, in Haystack's namespace).
 - **texts**: from the payload: ``text_key`` when given; else LlamaIndex's ``_node_content`` JSON ``text`` when
   the point has one (its other payload keys are the node's metadata, so a metadata key ``text`` or ``document``
   stays metadata); else the first string among :data:`TEXT_KEYS` (``page_content`` for LangChain, ``text``,
@@ -167,12 +168,10 @@ class QdrantReader(RowsInMemory):
             raise RagDiagError(f"{self.path}#{collection}: the collection is empty")
         points.sort(key=lambda point: _id_key(point.id))
         self._point_ids = [point.id for point in points]
-        self._ids = _doc_ids(points, id_key, f"{self.path}#{collection}")
-        from_payload = self._ids != [str(point.id) for point in points]
+        self._ids, from_key = _doc_ids(points, id_key, f"{self.path}#{collection}")
         self._texts, self._metadatas = [], []
         for point in points:
-            text, metadata = _text_and_metadata(point.payload or {}, text_key, (id_key or ID_KEY) if from_payload
-                                                else None)
+            text, metadata = _text_and_metadata(point.payload or {}, text_key, from_key)
             if text is None:
                 keys = ", ".join(sorted(point.payload or {})) or "none"
                 wanted = f"'{text_key}'" if text_key else ", ".join(TEXT_KEYS)
@@ -268,16 +267,19 @@ def _node_text(node_content: Any) -> str | None:
     return text if isinstance(text, str) and text else None
 
 
-def _doc_ids(points: list[Any], id_key: str | None, where: str) -> list[str]:
-    """The points' document ids: their payload (or LangChain ``metadata``) value under ``id_key``, which must be
-    present and unique; without ``id_key``, the payload's :data:`ID_KEY` when every point id is the
-    :func:`point_id` of it (a store :func:`write_qdrant` wrote), else the point ids as strings."""
+def _doc_ids(points: list[Any], id_key: str | None, where: str) -> tuple[list[str], str | None]:
+    """The points' document ids and the payload key they came from (None: the point ids).
+
+    With ``id_key``: the payload (or LangChain ``metadata``) value under it, which must be present and unique.
+    Without: the payload value a writer derived every point id from (:data:`DERIVED_IDS`: a store
+    :func:`write_qdrant` or Haystack wrote), else the point ids as strings."""
     if id_key is None:
-        written = [(point.payload or {}).get(ID_KEY) for point in points]
-        if all(isinstance(doc_id, str) and str(point.id) == point_id(doc_id)
-               for point, doc_id in zip(points, written, strict=True)):
-            return [str(doc_id) for doc_id in written]
-        return [str(point.id) for point in points]
+        for key, derive in DERIVED_IDS:
+            written = [(point.payload or {}).get(key) for point in points]
+            if all(isinstance(doc_id, str) and _same_uuid(point.id, derive(doc_id))
+                   for point, doc_id in zip(points, written, strict=True)):
+                return [str(doc_id) for doc_id in written], key
+        return [str(point.id) for point in points], None
     ids = []
     for point in points:
         payload = point.payload or {}
@@ -288,7 +290,15 @@ def _doc_ids(points: list[Any], id_key: str | None, where: str) -> list[str]:
         ids.append(str(value))
     if len(set(ids)) != len(ids):
         raise RagDiagError(f"{where}: the payload key '{id_key}' is not unique across points (?id={id_key})")
-    return ids
+    return ids, id_key
+
+
+def _same_uuid(point: int | str, derived: str) -> bool:
+    """Whether a point id is the UUID ``derived`` (Qdrant returns UUIDs in canonical form, writers may not)."""
+    try:
+        return isinstance(point, str) and uuid.UUID(point) == uuid.UUID(derived)
+    except ValueError:
+        return False
 
 
 QDRANT_DISTANCES = {"cosine": "Cosine", "dot": "Dot", "l2": "Euclid"}
@@ -299,6 +309,19 @@ ID_KEY = "doc_id"
 def point_id(doc_id: str) -> str:
     """A stable UUID point id for a document id (UUID5 in the URL namespace of ``rag-diag:<doc id>``)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"rag-diag:{doc_id}"))
+
+
+HAYSTACK_NAMESPACE = uuid.UUID("3896d314-1e95-4a3a-b45a-945f9f0b541d")
+"""The namespace of the UUID5 point ids Haystack's Qdrant document store derives from its document ids."""
+
+
+def haystack_point_id(doc_id: str) -> str:
+    """The point id Haystack's Qdrant document store gives the document ``doc_id`` (its payload ``id``)."""
+    return str(uuid.uuid5(HAYSTACK_NAMESPACE, doc_id))
+
+
+DERIVED_IDS = ((ID_KEY, point_id), ("id", haystack_point_id))
+"""Payload keys a writer derives each point id from, with the derivation: rag-diag's, then Haystack's."""
 
 
 def write_qdrant(folder: str | Path, rows: StoreRows, *, collection: str) -> str:

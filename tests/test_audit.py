@@ -490,6 +490,11 @@ def test_estimate_mode_samples_documents_and_brackets_the_full_audit(kb, mock_st
     truncation, whole = small.diagnosis.summary["truncation"], audited.diagnosis.summary["truncation"]
     assert (truncation["n_documents"], truncation["n_truncated"], truncation["tokens_cut"]) == (
         len(kb.ids), whole["n_truncated"], whole["tokens_cut"])
+    # the hub rule reads each confuser's N_k over the whole graph, not over the rated documents' neighbour lists
+    failures = small.diagnosis.failures.drop_nulls("confuser_id")
+    n_k = dict(zip(audited.documents["doc_id"].to_list(), audited.documents["k_occurrence"].to_list(), strict=True))
+    assert failures.height > 0
+    assert failures["confuser_k_occurrence"].to_list() == [n_k[c] for c in failures["confuser_id"].to_list()]
 
 
 @pytest.mark.slow  # a sampled audit (BM25, fusion, re-rankers)

@@ -9,6 +9,7 @@ are checked), optionally the corpus and queries for texts and labels. The result
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ def diagnose(
     queries: Queries | None = None,
     token_store: TokenStore | None = None,
     corpus_lengths: np.ndarray | None = None,
+    graph_k_occurrence: Mapping[str, int] | None = None,
     command: str = "",
 ) -> Diagnosis:
     """Link ``strategy``'s failures to collapse: per-query and per-failure tables, statistics, verdict.
@@ -163,6 +165,9 @@ def diagnose(
         corpus_lengths: every corpus document's untruncated token count, for the truncation figures (default:
             the token store's, which may hold only some documents: an audit over summaries keeps only those its
             evaluation reads).
+        graph_k_occurrence: every document's N_k over the whole kNN graph, for the hub rule, where the collapse
+            table's pairs are only some documents' neighbours (``audit --estimate``: counting them would shrink
+            every N_k by about the sampled share); default: counted from the table.
         command: the command line to record.
     """
     check_same_inputs(evaluation, collapse)
@@ -182,7 +187,9 @@ def diagnose(
     texts = _named_texts(corpus, named)
     full_lengths = {} if store is None else dict(zip(store.doc_ids, store.full_lengths.tolist(), strict=True))
     k = collapse.summary.get("k") if collapse.summary.get("mode") == "knn" else None
-    hubs = k_occurrence(collapse.pairs, failures["confuser_id"].drop_nulls().to_list())
+    confusers = failures["confuser_id"].drop_nulls().to_list()
+    hubs = (k_occurrence(collapse.pairs, confusers) if graph_k_occurrence is None
+            else {doc_id: int(graph_k_occurrence.get(doc_id, 0)) for doc_id in confusers})
     failures = classify(failures, evaluation.runs, evaluation.qrels, texts=texts, full_lengths=full_lengths,
                         window=None if store is None else store.window, hubs=hubs, k=k)
     flips = _counterfactuals(evaluation, strategy)

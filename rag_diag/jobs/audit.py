@@ -328,7 +328,8 @@ def _estimated_audit(
         command=command, corpus_sha256=corpus.content_hash(), k=k_graph, rank=None, estimated=True,
     )
     diagnosis = diagnose(evaluation, collapse, corpus=corpus, queries=queries, token_store=token_store,
-                         corpus_lengths=np.asarray(estimate.full_lengths), command=command)
+                         corpus_lengths=np.asarray(estimate.full_lengths), command=command,
+                         graph_k_occurrence=dict(zip(stored.doc_ids, hubs.k_occurrence.tolist(), strict=True)))
     findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
                 "long_chunks": long_chunks(stored.doc_ids, np.asarray(estimate.full_lengths), encoder.max_seq_length),
                 "estimate": estimate.to_dict(), "estimates": estimates, "timings": timings,

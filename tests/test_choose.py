@@ -58,6 +58,15 @@ def test_best_when_the_cheaper_winner_is_significantly_worse():
     assert decide(table)[0] == "rerank-w2"
 
 
+def test_fallback_reason_says_the_winner_is_worse_than_the_best():
+    # cls beats mean but is significantly worse than the best, rerank-w2, which does not beat mean itself
+    # (p = 0.08): the rule falls back to the best winner, and the reason must not call it "not worse"
+    table = [MEAN, row("cls", 0.66, 0.01, 0.01, 1536), row("rerank-w2", 0.70, 0.08, None, 90_000)]
+    name, reason = decide(table)
+    assert name == "cls" and "not significantly worse" not in reason
+    assert "every candidate that beats mean is significantly worse than the best (rerank-w2, 0.7000)" in reason
+
+
 def test_equal_cost_ties_go_to_the_higher_score():
     # max and cls both qualify at 1,536 bytes/doc; the cost tie is broken by the higher score → cls
     table = [MEAN, row("max", 0.70, 0.01, 0.5, 1536), row("cls", 0.71, 0.01, None, 1536)]

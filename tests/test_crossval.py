@@ -89,3 +89,6 @@ def test_ties_prefer_first_and_errors():
         cross_validate(per_query, query_ids, np.arange(10), "nDCG@10")
     with pytest.raises(RagDiagError):
         cross_validate(per_query, query_ids[:5], np.arange(5), "P@1")
+    per_query[FLUKE]["P@1"] = np.where(np.arange(10) == 4, np.nan, per_query[FLUKE]["P@1"])  # NaN would win argmax
+    with pytest.raises(RagDiagError, match="1 values of P@1 are NaN or infinite"):
+        cross_validate(per_query, query_ids, np.arange(10), "P@1")

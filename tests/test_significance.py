@@ -35,6 +35,13 @@ def test_single_query_makes_no_claim():
     assert np.isnan(test["cohens_d"])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_missing_score_is_refused_not_called_significant(bad):
+    # with a NaN δ no pattern reaches |T| = NaN, so counting would give p = 0
+    with pytest.raises(ValueError, match="1 per-query differences are NaN or infinite"):
+        paired_test(np.array([1.0, bad, 0.0]), np.zeros(3))
+
+
 def test_two_queries_both_gaining_exact_half():
     # δ = (1, 1): T = 2; patterns ++, +-, -+, -- give 2, 0, 0, -2 → |T(ε)| ≥ 2 twice out of 4.
     test = paired_test(np.array([1.0, 1.0]), np.array([0.0, 0.0]))

@@ -289,3 +289,24 @@ def test_different_models_are_refused():
 def test_same_inputs_are_accepted():
     """The refusals above are about the differing field, not about the fixture."""
     assert diagnose(evaluation(N_QUERIES, UNSUITABLE_FAILING), collapse_table(unsuitable_pairs())).summary
+
+
+def test_a_missing_collapse_index_leaves_the_row_out_of_its_auroc():
+    """Rows without a collapse index are dropped from that AUROC, not scored as index 0 (which, on the failing
+    rows here, would make it 0.0)."""
+    from sklearn.metrics import roc_auc_score
+
+    from rag_diag.diagnosis.verdict import corpus_statistics
+
+    failed = [True, True, False, False, True, False, False, True]
+    index = [None, None, 0.2, 0.4, 0.9, 0.1, 0.3, 0.7]
+    queries = pl.DataFrame({
+        "failed": failed, "relevant_id": [f"d{i}" for i in range(8)], "relevant_collapse_index": index,
+        "relevant_collapse_mean": np.linspace(0.1, 0.8, 8), "relevant_cos_nn": np.linspace(0.9, 0.2, 8),
+        "relevant_concentration": np.full(8, 1.0),
+    }, schema_overrides={"relevant_collapse_index": pl.Float64})
+    summary = corpus_statistics(queries, {})
+    kept = [i for i, value in enumerate(index) if value is not None]
+    assert summary["n_used"] == 8 and summary["collapse_index"]["n_used"] == len(kept)
+    expected = roc_auc_score([failed[i] for i in kept], [index[i] for i in kept])
+    assert summary["collapse_index"]["auroc"]["auroc"] == pytest.approx(expected, abs=1e-12)  # same ranks: exact

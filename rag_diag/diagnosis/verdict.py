@@ -81,7 +81,8 @@ def high_socm_null(failures: pl.DataFrame, pairs: pl.DataFrame, threshold: float
 def corpus_statistics(queries: pl.DataFrame, lengths: dict[str, int]) -> dict[str, Any]:
     """Collapse rate, normalised index and cos_nn of the relevant document as predictors of failure.
 
-    Rows with a missing predictor are left out (counted in ``n_used``). AUROC CIs resample relevant
+    Rows with a missing predictor are left out (counted in ``n_used``; the collapse index, missing where no
+    neighbour pair has a bound, has its own ``n_used``). AUROC CIs resample relevant
     documents (queries sharing one are not independent); the likelihood-ratio test controls for
     cos_nn, concentration and length.
     """
@@ -92,7 +93,8 @@ def corpus_statistics(queries: pl.DataFrame, lengths: dict[str, int]) -> dict[st
     concentration = usable["relevant_concentration"].to_numpy().astype(np.float64)
     cos_nn = usable["relevant_cos_nn"].to_numpy().astype(np.float64)
     length = np.array([lengths.get(doc, 0) for doc in groups], dtype=np.float64)
-    index = usable["relevant_collapse_index"].fill_null(0.0).to_numpy().astype(np.float64)
+    indexed = usable["relevant_collapse_index"].is_not_null().to_numpy()  # null: no neighbour with a bound
+    index = usable["relevant_collapse_index"].to_numpy()[indexed].astype(np.float64)
     beyond = stats.likelihood_ratio_test(np.column_stack([cos_nn, concentration, length]), rate, failed)
     adds = None if beyond["p_value"] is None else bool(beyond["p_value"] < SIGNIFICANCE_LEVEL)
     return {
@@ -100,7 +102,8 @@ def corpus_statistics(queries: pl.DataFrame, lengths: dict[str, int]) -> dict[st
         "deciles": stats.failure_rate_by_decile(rate, failed),
         "collapse": {"auroc": stats.auroc_with_ci(rate, failed, groups=groups).to_dict(),
                      "spearman": stats.spearman(rate, failed)},
-        "collapse_index": {"auroc": stats.auroc_with_ci(index, failed, groups=groups).to_dict()},
+        "collapse_index": {"auroc": stats.auroc_with_ci(index, failed[indexed], groups=groups[indexed]).to_dict(),
+                           "n_used": int(indexed.sum())},
         "concentration": {"auroc": stats.auroc_with_ci(concentration, failed, groups=groups).to_dict()},
         "cos_nn": {"auroc": stats.auroc_with_ci(cos_nn, failed, groups=groups).to_dict(),
                    "spearman": stats.spearman(cos_nn, failed)},

@@ -129,7 +129,8 @@ def best_configuration(scores: Mapping[Configuration, np.ndarray], rows: np.ndar
 
 
 def _check(per_query: Mapping[Configuration, Mapping[str, np.ndarray]], n_queries: int, primary: str) -> list[str]:
-    """The metrics every configuration has (primary first); arrays must have one value per query."""
+    """The metrics every configuration has (primary first); arrays must have one finite value per query (a NaN
+    mean would win every argmax)."""
     if not per_query:
         raise RagDiagError("cross-validation needs at least one configuration")
     metrics = set.intersection(*(set(values) for values in per_query.values()))
@@ -141,6 +142,9 @@ def _check(per_query: Mapping[Configuration, Mapping[str, np.ndarray]], n_querie
                 raise RagDiagError(
                     f"{configuration.label}: {len(values[metric])} values of {metric} for {n_queries} queries"
                 )
+            missing = int(np.sum(~np.isfinite(np.asarray(values[metric], dtype=np.float64))))
+            if missing:
+                raise RagDiagError(f"{configuration.label}: {missing} values of {metric} are NaN or infinite")
     return [primary, *sorted(metrics - {primary})]
 
 

@@ -146,8 +146,14 @@ def paired_test(
 
     Returns:
         p_value, effect_size (= mean_difference, mean(δ)), cohens_d, n_queries, n_nonzero and the test name.
+
+    Raises:
+        ValueError: a score is NaN or infinite (no pattern's |Σ ε_i δ_i| would reach a NaN statistic, so the
+            count, and p, would be 0: the strongest claim from a missing value).
     """
     differences = np.asarray(candidate, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    if not np.all(np.isfinite(differences)):
+        raise ValueError(f"{int(np.sum(~np.isfinite(differences)))} per-query differences are NaN or infinite")
     nonzero = differences[differences != 0.0]
     if len(nonzero) < 2:
         p_value, test = 1.0, "sign-flip permutation (fewer than 2 non-zero differences: no test)"

@@ -14,16 +14,17 @@ following this tool's advice is expected to give, next to the in-sample best tha
 
 Decision rule (:func:`decide`), on PRIMARY_METRIC, out-of-fold:
 
-1. a candidate *beats mean* when its out-of-fold score is higher than mean's and the exact sign-flip
-   test of their per-query differences, Holm-corrected over candidates, gives p < ALPHA;
+1. a candidate *beats mean* when its out-of-fold score is higher than mean's and the sign-flip permutation
+   test of their per-query differences (:func:`rag_diag.evaluation.significance.paired_test`: exact up to 16
+   non-zero differences, else 20,000 seeded random flips), Holm-corrected over candidates, gives p < ALPHA;
 2. if none beats mean, recommend ``mean`` — nothing is shown to retrieve better;
 3. otherwise the cheapest candidate (bytes per document at query time, then score, then name) that
    beats mean and is not significantly worse than the best candidate; if none, the best that beats mean.
 
 Each candidate also gets its counterfactual against mean (queries fixed / broken at P@1, exact McNemar
-test), out-of-fold. Costs: ``bytes_per_doc`` (index / N, plus the token store for re-rankers, plus both
-indexes for fusion) and ``latency_ms`` per query (median of LATENCY_REPEATS, shared encoder pass
-excluded, on the first LATENCY_QUERIES queries; reported, not used by the rule: timings vary and the
+test, Holm-corrected over candidates), out-of-fold. Costs: ``bytes_per_doc`` (index / N, plus the token store
+for re-rankers, plus both indexes for fusion) and ``latency_ms`` per query (median of LATENCY_REPEATS, shared
+encoder pass excluded, on the first LATENCY_QUERIES queries; reported, not used by the rule: timings vary and the
 recommendation must not).
 
 Without queries and qrels, distractor probes (:mod:`rag_diag.corpora.probes`) are used.
@@ -48,7 +49,7 @@ from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.counterfactual import counterfactuals, success_from_metric
 from rag_diag.evaluation.crossval import Configuration, CrossValResult, cross_validate, query_groups
 from rag_diag.evaluation.result import EvalResult
-from rag_diag.evaluation.significance import ALPHA, compare_to_baseline
+from rag_diag.evaluation.significance import ALPHA, EXACT_LIMIT, N_FLIPS, compare_to_baseline
 from rag_diag.models.protocol import Encoder
 from rag_diag.retrieval.bundle import IndexBundle
 
@@ -66,8 +67,9 @@ ALPHAS = (0.25, 0.75)
 KIND = "choose-pooling"
 RULE = (
     f"On out-of-fold {PRIMARY_METRIC} ({FOLDS}-fold cross-validation over queries grouped by relevant document; "
-    f"parameters tuned in-fold): a candidate beats mean when it scores higher with Holm-corrected exact sign-flip "
-    f"p < {ALPHA}. If none beats mean, recommend mean. Otherwise recommend the cheapest candidate (bytes per "
+    f"parameters tuned in-fold): a candidate beats mean when it scores higher with Holm-corrected sign-flip "
+    f"permutation p < {ALPHA} (exact up to {EXACT_LIMIT} non-zero differences, else {N_FLIPS:,} seeded flips). "
+    f"If none beats mean, recommend mean. Otherwise recommend the cheapest candidate (bytes per "
     f"document at query time, then higher score) that beats mean and is not significantly worse than the best "
     f"(corrected p ≥ {ALPHA} against it); if none, the best that beats mean."
 )
@@ -137,11 +139,13 @@ def decide(candidates: list[Candidate]) -> tuple[str, str]:
     tied_with_best = [c for c in winners if c.name == best.name or c.p_vs_best is None or c.p_vs_best >= ALPHA]
     chosen = min(tied_with_best, key=_cost) if tied_with_best else max(winners, key=lambda c: c.score)
     setting = "" if chosen.chosen == chosen.name else f" ({chosen.chosen})"
+    why = ("is the cheapest such candidate not significantly worse than the best" if tied_with_best else
+           "is the best of them: every candidate that beats mean is significantly worse than the best")
     return chosen.name, (
         f"{chosen.name}{setting} beats mean on out-of-fold {PRIMARY_METRIC} ({chosen.score:.4f} vs "
         f"{mean.score:.4f}, corrected p = {chosen.p_vs_mean:.3g}; fixes {chosen.fixes}, breaks {chosen.breaks} "
-        f"queries at rank 1) and is the cheapest such candidate not significantly worse than the best "
-        f"({best.name}, {best.score:.4f}): {chosen.bytes_per_doc:,.0f} bytes/doc, {chosen.latency_ms:.2f} ms/query"
+        f"queries at rank 1) and {why} ({best.name}, {best.score:.4f}): {chosen.bytes_per_doc:,.0f} bytes/doc, "
+        f"{chosen.latency_ms:.2f} ms/query"
     )
 
 

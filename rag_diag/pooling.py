@@ -129,7 +129,8 @@ def pool_sif(tokens: np.ndarray, token_ids: np.ndarray, stats: Stats) -> np.ndar
     """SIF (Arora et al. 2017): v = (1/n) Σ_j a/(a + p(w_j)) x_j, then v − (u·v) u.
 
     u is the first (uncentred) principal direction of the corpus' SIF vectors, fitted on the corpus
-    and stored, so queries get the same transform.
+    and stored, so queries get the same transform. science.md's table writes the sum Σ_j; the 1/n of Arora et al.
+    is kept on purpose: u is fitted over the rows, and summed rows would weigh each text by its length.
     """
     vector = pool_sif_raw(tokens, token_ids, stats)
     component = stats["sif_component"]

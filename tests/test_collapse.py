@@ -415,6 +415,15 @@ def test_one_token_text_has_zero_covariance():
     assert both.d_sigma[0] == 0.0 and both.socm[0] == 0.0
 
 
+@pytest.mark.parametrize(("n", "d"), [(2, 16), (30, 384), (100, 384)])
+def test_reference_provider_is_never_negative_on_identical_texts(n, d):
+    """Σ1 = Σ2: the square roots of the null eigenvalues left d_Σ at about −1e-8 before the clamp; BW² ≥ 0."""
+    x = np.random.default_rng(n).standard_normal((n, d)) + 1.0
+    pair = reference_pair(x, x)
+    trace = float(prepare_text(x).spread)
+    assert 0.0 <= pair.d_sigma[0] <= sqrtm_oracle_atol(d, trace, trace) and 0.0 <= pair.socm[0] <= pair.d_sigma[0]
+
+
 def test_paper_jitter_biases_low_rank_pairs_and_default_is_exact():
     rng = np.random.default_rng(1)
     x1, x2 = low_rank_tokens(rng, 5, 64, 4, 1.0), low_rank_tokens(rng, 6, 64, 5, 1.0)

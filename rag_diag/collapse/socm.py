@@ -137,17 +137,19 @@ def _psd_sqrt(matrix: np.ndarray, jitter: float) -> np.ndarray:
 
 
 def reference_bw2(sigma1: np.ndarray, sigma2: np.ndarray, paper_jitter: bool = False) -> float:
-    """BW²(Σ1, Σ2) = tr Σ1 + tr Σ2 − 2 tr((Σ1^½ Σ2 Σ1^½)^½) with d×d float64 matrices.
+    """BW²(Σ1, Σ2) = tr Σ1 + tr Σ2 − 2 tr((Σ1^½ Σ2 Σ1^½)^½) with d×d float64 matrices, clamped at 0 as the fast
+    route's is (BW² ≥ 0; for Σ1 = Σ2 the square roots of null eigenvalues leave about −1e-8).
 
     Args:
-        paper_jitter: add 1e-9·I before each square root, reproducing the published (biased) numbers.
+        paper_jitter: add 1e-9·I before each square root, reproducing the published (biased) numbers, unclamped.
     """
     jitter = PAPER_JITTER if paper_jitter else 0.0
     root1 = _psd_sqrt(sigma1, jitter)
     inner = root1 @ sigma2 @ root1
     inner = (inner + inner.T) / 2.0
     cross = float(np.trace(_psd_sqrt(inner, jitter)))
-    return float(np.trace(sigma1) + np.trace(sigma2) - 2.0 * cross)
+    bw2 = float(np.trace(sigma1) + np.trace(sigma2) - 2.0 * cross)
+    return bw2 if paper_jitter else max(bw2, 0.0)
 
 
 def reference_pair(x1: np.ndarray, x2: np.ndarray, paper_jitter: bool = False) -> PairStats:

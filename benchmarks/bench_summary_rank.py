@@ -99,7 +99,7 @@ def main() -> None:
             found = knn_collapse(None, args.k, summary=summary)
             knn_seconds = time.perf_counter() - started
             error = np.abs(found.collapse_mean - exact.collapse_mean)
-            reported = bound_summary(found, summary.tail, rank)
+            reported = bound_summary(found, summary, rank)
             low, high = reported["mean_collapse_rate_interval"]
             inside = "yes" if low <= exact.collapse_mean.mean() <= high else "NO"
             outside, compared = outside_sides(found, exact, summary, store.lengths, store.dim)

@@ -15,6 +15,7 @@ from rag_diag.collapse.summaries import (
     MAX_RANK,
     bound_summary,
     plan_memory,
+    rounding_slack,
     socm_error_bound,
     socm_error_sides,
     stream_summaries,
@@ -68,8 +69,31 @@ def test_reported_bound_holds_against_exact_socm(mock_encoder, tiny_texts):
     difference = exact.pairs.socm - approx.pairs.socm
     rounding = 2 * gram_atol(width, store.dim, concentration.max(), concentration.max())
     assert np.all(difference <= above + rounding) and np.all(-difference <= below + rounding)
-    low, high = bound_summary(approx, streamed.summary.tail, RANK)["mean_collapse_rate_interval"]
+    low, high = bound_summary(approx, streamed.summary, RANK)["mean_collapse_rate_interval"]
     assert low - rounding <= exact.collapse_mean.mean() <= high + rounding
+
+
+def test_nothing_truncated_is_exact_up_to_the_reported_rounding(mock_encoder, tiny_texts):
+    """A rank above every text's length drops nothing (τ = 0): every pair counts as exact, and what is left between
+    SOCM_r and SOCM is rounding, which the reported slack (float32 summaries, r-row Gram route) and the exact
+    route's own evaluation bound; the reported interval then holds the exact mean to the exact route's rounding."""
+    texts = _texts(tiny_texts)
+    store = encode_texts(texts, model=mock_encoder, ids=[f"d{n}" for n in range(len(texts))])
+    width = int(store.lengths.max())
+    summary = covariance_summary(store, width)
+    exact, approx = knn_collapse(store, 3), knn_collapse(None, 3, summary=summary)
+    np.testing.assert_array_equal(approx.doc_b, exact.doc_b)
+    reported = bound_summary(approx, summary, width)
+    assert reported["share_pairs_exact"] == 1.0 and reported["max_rounding_slack"] > 0.0
+    slack = rounding_slack(approx, summary)
+    concentration = exact.text_stats.concentration
+    for row, (a, b) in enumerate(zip(exact.doc_a, exact.doc_b, strict=True)):
+        exact_route = gram_atol(width, store.dim, concentration[a], concentration[b])
+        assert abs(exact.pairs.socm[row] - approx.pairs.socm[row]) <= slack[row] + exact_route
+    low, high = reported["mean_collapse_rate_interval"]
+    exact_route = gram_atol(width, store.dim, concentration.max(), concentration.max())
+    assert low - exact_route <= exact.collapse_mean.mean() <= high + exact_route
+    assert high - low <= 2 * float(slack.max())  # no truncation: the interval is the rounding alone
 
 
 def test_sides_on_a_hand_example_where_truncation_overestimates():

@@ -20,6 +20,20 @@ Loewner order, and BW_r² the pair's BW² between the truncated covariances:
 d_μ being exact, SOCM = (1 − d_μ)·BW²/4 lies in [SOCM_r − (1 − d_μ)·(BW_r² − max(BW_r − e, 0)²)/4,
 SOCM_r + (1 − d_μ)·(τ₁ + τ₂)/4] for every pair; a document's rate (the mean over its k pairs) and the corpus's
 mean rate lie between the means of the two ends. The reported symmetric bound is the larger of the two sides.
+
+**Rounding** (:func:`rounding_slack`). Those sides are exact arithmetic; SOCM_r is computed, in float64, from
+factors and unit means stored in float32 (unit roundoff u = 2⁻²⁴). What the audit reports widens both sides by:
+
+- the factors: ‖F̃ − F‖_F ≤ u·‖F‖_F = u·√tr Σ_r and BW(F̃ᵀF̃, FᵀF) ≤ ‖F̃ − F‖_F, so BW_r moves by at most
+  ρ = u·(√tr Σ_r1 + √tr Σ_r2), and BW_r²/4 by at most ρ·(2·BW_r + ρ)/4;
+- the means: each unit mean moves by at most u, so cos by 2u + u² and d_μ by at most u (its float64 dot product
+  adds d·eps₆₄); SOCM moves by that times its largest d_Σ, (BW_r + e + ρ)²/4;
+- the Gram route on r-row factors (:func:`rag_diag.collapse.socm.fast_pairs`): with s = √(tr Σ_r1·tr Σ_r2),
+  ½·r·(√(r·eps₆₄) + d·eps₆₄)·s for the nuclear norm (Weyl, and a backward-stable eigensolver whose near-null
+  eigenvalues become √(r·eps₆₄)·s after the square root) and r·d·eps₆₄·(tr Σ_r1 + tr Σ_r2) for the traces.
+
+The slack (its largest value is reported as ``max_rounding_slack``) is what separates SOCM_r from SOCM where
+nothing is truncated (the pairs the summary reports as exact).
 """
 
 from __future__ import annotations
@@ -142,7 +156,7 @@ def collapse_from_summaries(summary: CovarianceSummary, k: int, rank: int,
                             token_budget: int = 1 << 17) -> tuple[KnnResult, dict[str, Any]]:
     """kNN collapse on the summaries, and the summary of its per-pair error bounds (:func:`bound_summary`)."""
     found = knn_collapse(None, k, summary=summary, token_budget=token_budget, show_progress=True)
-    return found, bound_summary(found, summary.tail, rank)
+    return found, bound_summary(found, summary, rank)
 
 
 def _remove(path: Path) -> None:
@@ -166,10 +180,36 @@ def socm_error_bound(pairs: PairStats, tail_a: np.ndarray, tail_b: np.ndarray) -
     return np.maximum(*socm_error_sides(pairs, tail_a, tail_b))
 
 
-def bound_summary(found: KnnResult, tail: np.ndarray, rank: int) -> dict[str, Any]:
-    """What the audit reports of the bounds over every kNN pair of ``found`` (k rows per document, in order):
-    the symmetric bound's max and mean, and the interval the exact mean collapse rate lies in."""
-    below, above = socm_error_sides(found.pairs, tail[found.doc_a], tail[found.doc_b])
+UNIT_ROUNDOFF_32 = 2.0**-24
+"""u of float32, in which the summaries store their factors and unit means."""
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def rounding_slack(found: KnnResult, summary: CovarianceSummary) -> np.ndarray:
+    """Per pair of ``found`` (computed on ``summary``), how far rounding can move the computed SOCM_r from the exact
+    arithmetic the sides assume: the float32 factors and means and the float64 Gram route (module docstring)."""
+    rank, dim = summary.factors.shape[1:]
+    trace_a = np.maximum(summary.traces[found.doc_a], 0.0)
+    trace_b = np.maximum(summary.traces[found.doc_b], 0.0)
+    tails = np.sqrt(np.maximum(summary.tail[found.doc_a], 0.0)) + np.sqrt(np.maximum(summary.tail[found.doc_b], 0.0))
+    rho = UNIT_ROUNDOFF_32 * (np.sqrt(trace_a) + np.sqrt(trace_b))
+    bw_r = 2.0 * np.sqrt(np.maximum(found.pairs.d_sigma, 0.0))
+    factors = (1.0 - found.pairs.d_mu) * rho * (2.0 * bw_r + rho) / 4.0
+    means = (UNIT_ROUNDOFF_32 + dim * EPS64) * (bw_r + tails + rho) ** 2 / 4.0
+    gram = (0.5 * rank * (np.sqrt(rank * EPS64) + dim * EPS64) * np.sqrt(trace_a * trace_b)
+            + rank * dim * EPS64 * (trace_a + trace_b))
+    return factors + means + gram
+
+
+def bound_summary(found: KnnResult, summary: CovarianceSummary, rank: int) -> dict[str, Any]:
+    """What the audit reports of the bounds over every kNN pair of ``found`` (k rows per document, in order, computed
+    on ``summary``): the symmetric bound's max and mean, the share of pairs nothing was truncated from (both texts'
+    centred matrices, of rank ≤ n − 1, fit r rows, or τ = 0), and the interval the exact mean collapse rate lies in.
+    Each side includes :func:`rounding_slack`."""
+    tail_a, tail_b = summary.tail[found.doc_a], summary.tail[found.doc_b]
+    whole = (np.asarray(summary.text_stats.n_tokens) <= rank + 1) | (np.asarray(summary.tail) <= 0.0)
+    slack = rounding_slack(found, summary)
+    below, above = (side + slack for side in socm_error_sides(found.pairs, tail_a, tail_b))
     bound = np.maximum(below, above)
     if not len(bound):
         return {"rank": rank, "max_socm_error_bound": 0.0, "mean_socm_error_bound": 0.0, "share_pairs_exact": 1.0}
@@ -177,7 +217,8 @@ def bound_summary(found: KnnResult, tail: np.ndarray, rank: int) -> dict[str, An
     low = np.maximum(found.pairs.socm - below, 0.0).reshape(n_docs, -1).mean(axis=1)
     high = (found.pairs.socm + above).reshape(n_docs, -1).mean(axis=1)
     return {"rank": rank, "max_socm_error_bound": float(bound.max()), "mean_socm_error_bound": float(bound.mean()),
-            "share_pairs_exact": float(np.mean(bound == 0.0)),
+            "share_pairs_exact": float(np.mean(whole[found.doc_a] & whole[found.doc_b])),
+            "max_rounding_slack": float(slack.max()),
             "mean_socm_below": float(below.mean()), "mean_socm_above": float(above.mean()),
             "mean_collapse_rate_interval": [float(low.mean()), float(high.mean())]}
 

@@ -38,7 +38,8 @@ def _scale_text(summary: dict[str, Any]) -> str:
     if bound:
         text += (f" Collapse rates come from rank-{bound['rank']} summaries: per-pair SOCM error bound max "
                  f"{bound['max_socm_error_bound']:.4f}, mean {bound['mean_socm_error_bound']:.4f} "
-                 f"({bound['share_pairs_exact']:.1%} of pairs exact)")
+                 f"({bound['share_pairs_exact']:.1%} of pairs with nothing truncated, exact up to rounding; the "
+                 f"bounds include it, at most {bound.get('max_rounding_slack', 0.0):.1e})")
         if "mean_collapse_rate_interval" in bound:
             low, high = bound["mean_collapse_rate_interval"]
             text += (f"; exact SOCM lies at most {bound['mean_socm_above']:.4f} above a pair's value on average and "

@@ -486,6 +486,15 @@ def test_estimate_mode_samples_documents_and_brackets_the_full_audit(kb, mock_st
     sampled_ids = [rows[r] for r in seeded_sample(len(rows), sample, 0)]
     sampled_rates = small.documents.filter(pl.col("doc_id").is_in(sampled_ids))["collapse_mean"].to_numpy()
     assert rate["value"] == pytest.approx(float(sampled_rates.mean()), abs=1e-12)
+    # the other corpus figures and the high-SOCM threshold are the random sample's too, not every rated document's
+    # (the rated set adds the relevant documents and top hits)
+    assert small.summary["collapse"]["median_collapse_rate"] == float(np.median(sampled_rates))
+    from rag_diag.diagnosis.verdict import HIGH_SOCM_QUANTILE
+
+    sample_pairs = small.collapse.pairs.filter(pl.col("doc_a").is_in(pl.Series(sampled_ids).implode()))
+    threshold = small.diagnosis.summary["high_socm_threshold"]
+    assert threshold["n_pairs"] == sample * K < small.collapse.pairs.height
+    assert threshold["value"] == float(np.quantile(sample_pairs["socm"].to_numpy(), HIGH_SOCM_QUANTILE))
     assert estimates["truncated_share"]["value"] == audited.summary["long_chunks"]["share"]
     truncation, whole = small.diagnosis.summary["truncation"], audited.diagnosis.summary["truncation"]
     assert (truncation["n_documents"], truncation["n_truncated"], truncation["tokens_cut"]) == (

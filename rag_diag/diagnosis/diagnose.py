@@ -151,6 +151,7 @@ def diagnose(
     token_store: TokenStore | None = None,
     corpus_lengths: np.ndarray | None = None,
     graph_k_occurrence: Mapping[str, int] | None = None,
+    reference_docs: list[str] | None = None,
     command: str = "",
 ) -> Diagnosis:
     """Link ``strategy``'s failures to collapse: per-query and per-failure tables, statistics, verdict.
@@ -168,6 +169,9 @@ def diagnose(
         graph_k_occurrence: every document's N_k over the whole kNN graph, for the hub rule, where the collapse
             table's pairs are only some documents' neighbours (``audit --estimate``: counting them would shrink
             every N_k by about the sampled share); default: counted from the table.
+        reference_docs: the documents whose kNN pairs stand for the corpus's in the high-SOCM threshold (a
+            quantile) and its cosine-matched null; default: every pair of the table (``audit --estimate`` passes
+            its random sample, as the table's other rated documents are relevant documents and top hits).
         command: the command line to record.
     """
     check_same_inputs(evaluation, collapse)
@@ -177,7 +181,9 @@ def diagnose(
     check_known_ids(table, collapse)
     relevant = doc_columns(collapse, "relevant", table["relevant_id"].to_list())
     table = table.join(relevant, left_on="relevant_id", right_on="relevant_doc_id", how="left")
-    socm_values = np.asarray(collapse.pairs["socm"].drop_nulls().to_numpy(), dtype=np.float64)
+    reference = collapse.pairs if reference_docs is None else collapse.pairs.filter(
+        pl.col("doc_a").is_in(pl.Series(reference_docs, dtype=pl.String).implode()))
+    socm_values = np.asarray(reference["socm"].drop_nulls().to_numpy(), dtype=np.float64)
     threshold = float(np.quantile(socm_values, HIGH_SOCM_QUANTILE)) if len(socm_values) else float("inf")
     store = token_store or _open_token_store(collapse)
     named = pl.concat([table["relevant_id"], table["confuser_id"].drop_nulls()]).unique()
@@ -203,7 +209,7 @@ def diagnose(
         "failure_rate": n_failures / n_queries if n_queries else 0.0,
         "n_pairs_computed": int((failures["pair_source"] == "computed").sum()),
         "high_socm_threshold": {"quantile": HIGH_SOCM_QUANTILE, "value": threshold, "n_pairs": len(socm_values)},
-        "high_socm_null": high_socm_null(failures, collapse.pairs, threshold),
+        "high_socm_null": high_socm_null(failures, reference, threshold),
         "labels_known": bool(labels),
         "n_failures_labels_differ": int(failures["labels_differ"].fill_null(False).sum()),
         **corpus_statistics(table, lengths),

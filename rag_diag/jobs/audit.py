@@ -329,16 +329,19 @@ def _estimated_audit(
     )
     diagnosis = diagnose(evaluation, collapse, corpus=corpus, queries=queries, token_store=token_store,
                          corpus_lengths=np.asarray(estimate.full_lengths), command=command,
-                         graph_k_occurrence=dict(zip(stored.doc_ids, hubs.k_occurrence.tolist(), strict=True)))
+                         graph_k_occurrence=dict(zip(stored.doc_ids, hubs.k_occurrence.tolist(), strict=True)),
+                         reference_docs=[stored.doc_ids[r] for r in rows])
     findings = {"exact_duplicates": exact_duplicates(stored.doc_ids, stored.texts),
                 "long_chunks": long_chunks(stored.doc_ids, np.asarray(estimate.full_lengths), encoder.max_seq_length),
                 "estimate": estimate.to_dict(), "estimates": estimates, "timings": timings,
                 "memory": {"mode": "sample", "reason": f"--estimate from {len(rows)} sampled documents"}}
     summary = _summary(stored, check, view, hubs, clusters, recall, diagnosis, probes, k_graph, command, findings)
+    in_sample = np.isin(sampled.rated, rows)  # the rated documents are the sample plus relevant ones and top hits
     summary["collapse"] |= {"mean_collapse_rate": estimates["mean_collapse_rate"]["value"],
-                            "median_collapse_rate": float(np.median(knn.collapse_mean)),
-                            "max_collapse_rate": float(knn.collapse_max.max()),
-                            "mean_concentration": float(knn.text_stats.concentration.mean()), "rated": int(rated.sum())}
+                            "median_collapse_rate": float(np.median(knn.collapse_mean[in_sample])),
+                            "max_collapse_rate": float(knn.collapse_max[in_sample].max()),
+                            "mean_concentration": float(knn.text_stats.concentration[in_sample].mean()),
+                            "rated": int(rated.sum()), "figures_from": f"the {len(rows)} sampled documents"}
     return AuditResult(summary, None, documents, clusters, evaluation, collapse, diagnosis)
 
 

@@ -115,6 +115,25 @@ CASES = {
                                   ("corpus.jsonl",)),
     "perturb-out-unrelated": Case(["corpora", "perturb", "--corpus", "{kb}", "--out", "{tmp}/unrelated"], 2,
                                   ("unrelated",)),
+    # an index bundle has a manifest.json too: only a corpus build may be replaced
+    "perturb-out-is-an-index": Case(["corpora", "perturb", "--corpus", "{kb}", "--out", "{tmp}/idx"], 2,
+                                    ("holds a rag-diag 'index' output, not a corpus",),
+                                    {"idx/manifest.json": b'{"format": 1}',
+                                     "idx/.rag-diag.json": b'{"kind": "index"}'}),
+    "perturb-out-unmarked-manifest": Case(["corpora", "perturb", "--corpus", "{kb}", "--out", "{tmp}/idx"], 2,
+                                          ("holds no corpus manifest.json",), {"idx/manifest.json": b'{"format": 1}'}),
+    # options that contradict or overflow
+    "qrels-without-queries": Case(["choose-pooling", "--corpus", "{kb}", "--qrels", "{kb}/qrels/test.tsv",
+                                   "--out", "{tmp}/choose"], 2, ("--qrels needs --queries",)),
+    "queries-without-qrels": Case(["choose-pooling", "--corpus", "{kb}", "--queries", "{kb}/queries.jsonl",
+                                   "--out", "{tmp}/choose"], 2, ("--queries needs --qrels",)),
+    "qrels-given-as-queries": Case(["choose-pooling", "--corpus", "{kb}", "--queries", "{kb}/qrels/test.tsv",
+                                    "--qrels", "{kb}/qrels/test.tsv", "--out", "{tmp}/choose"], 2,
+                                   ("test.tsv: a qrels file, not queries",)),
+    "export-over-out": Case(["audit", "--store", "{tmp}/store", "--out", "{tmp}/o", "--export", "{tmp}/o/cls",
+                             "--export-pooling", "cls"], 2, ("overlap",)),
+    "infinite-budget": Case(["encode", "--corpus", "{kb}", "--out", "{tmp}/enc", "--memory-budget", "inf"], 2,
+                            ("--memory-budget must be a positive number of GiB up to",)),
 }
 SLOW_CASES = {
     "collapse-out-is-input": Case(["collapse", "--corpus", "{kb}", "--out", "{kb}", "--knn", "2"], 2,

@@ -24,7 +24,7 @@ from test_collapse import (
 )
 
 from rag_diag.collapse.allpairs import all_pairs
-from rag_diag.collapse.knn import _length_chunks, covariance_summary, knn_collapse, neighbour_graph
+from rag_diag.collapse.knn import _length_chunks, check_rank, covariance_summary, knn_collapse, neighbour_graph
 from rag_diag.collapse.layers import layer_profile
 from rag_diag.collapse.socm import pair_socm
 from rag_diag.errors import RagDiagError
@@ -99,8 +99,13 @@ def test_neighbours_are_the_top_cosines_without_self(mock_store):
         assert doc not in found and len(set(found)) == K
         kth = np.sort(cosine[doc])[-K]
         assert np.all(cosine[doc, found] >= kth - tie)
-    with pytest.raises(RagDiagError):
+    with pytest.raises(RagDiagError, match=rf"--knn must be between 1 and {len(means) - 1} "):
         neighbour_graph(means, len(means))
+    with pytest.raises(RagDiagError, match=r"needs at least 2 texts \(the corpus has 1\)"):
+        neighbour_graph(means[:1], 1)
+    with pytest.raises(RagDiagError, match=r"--rank must be between 1 and 16 .* got 17"):
+        check_rank(17, 16, 32)
+    check_rank(16, 16, 32)
 
 
 def check_rank_r_bound(store):
@@ -120,7 +125,7 @@ def check_rank_r_bound(store):
         assert np.all(np.abs(bw - bw_r) <= bound + stored + 2 * np.sqrt(4 * route))
         # unit means rounded to float32: cos, hence d_μ, off by ≤ (d + 4)·eps32
         np.testing.assert_allclose(approx.pairs.d_mu, exact.pairs.d_mu, rtol=0, atol=(dim + 4) * EPS32)
-    full = knn_collapse(store, K, rank=int(store.lengths.max()))
+    full = knn_collapse(store, K, rank=min(int(store.lengths.max()), store.dim))  # rank ≤ min(n − 1, d)
     # full rank: only the float32 storage remains; BW² = BW² ± (2·BW + stored)·stored, d_Σ a quarter of it
     bw = np.sqrt(4 * exact.pairs.d_sigma)
     atol = (2 * bw + stored) * stored / 4 + 2 * route + (dim + 4) * EPS32 * exact.pairs.d_sigma

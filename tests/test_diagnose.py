@@ -368,6 +368,19 @@ def _cli_error(capsys, *args: str) -> str:
     return message
 
 
+def test_a_corpus_other_than_the_evaluated_one_is_refused(mock_kb, tmp_path, capsys):
+    """--corpus must exist and be the corpus the evaluation ran on, else the report quotes other texts."""
+    evaluation, collapse = write_folders(mock_kb, tmp_path)
+    message = _cli_error(capsys, *_dirs(evaluation, collapse, tmp_path / "o"), "--corpus", str(tmp_path / "nowhere"))
+    assert "nowhere: no such corpus" in message
+    other = Corpus(ids=mock_kb.corpus.ids, texts=[*mock_kb.corpus.texts[:-1], "snow instead of rain"])
+    write_beir(tmp_path / "other", other, mock_kb.queries)
+    message = _cli_error(capsys, *_dirs(evaluation, collapse, tmp_path / "o"), "--corpus", str(tmp_path / "other"))
+    assert "not the corpus the evaluation ran on" in message
+    assert not (tmp_path / "o").exists()
+    assert main(["diagnose", *_dirs(evaluation, collapse, tmp_path / "o"), "--corpus", str(tmp_path / "corpus")]) == 0
+
+
 def test_missing_eval_files_are_one_line_errors(mock_kb, tmp_path, capsys):
     evaluation, collapse = write_folders(mock_kb, tmp_path)
     (evaluation / "per_query.parquet").unlink()

@@ -242,6 +242,17 @@ def test_max_store_refuses_before_any_pass_and_names_float16(tiny_texts, tmp_pat
     assert store.embeddings.nbytes == size  # the cap is the store's exact size
 
 
+def test_max_store_holds_for_a_cached_store_too(tiny_texts, tmp_path, counting, private_cache):
+    """A store already in the cache is published as a new one would be: over --max-store it is refused too."""
+    size = sum(len(ids) for ids in counting.tokenize(tiny_texts).input_ids) * counting.dim * 4
+    encode_texts(tiny_texts, model=counting, out=tmp_path / "first")  # now in the cache
+    calls = CountingEncoder.calls
+    with pytest.raises(RagDiagError, match=r"over --max-store"):
+        encode_texts(tiny_texts, model=counting, out=tmp_path / "again", max_store=size - 1)
+    assert not (tmp_path / "again").exists() and CountingEncoder.calls == calls
+    assert encode_texts(tiny_texts, model=counting, out=tmp_path / "fits", max_store=size).report.cache_hit
+
+
 def test_a_tiny_memory_budget_writes_the_same_store(tiny_texts, mock_store, tmp_path):
     # a 1-byte budget flushes and unmaps after every pass: the same bytes on disk
     small = encode_texts(tiny_texts, model=MockEncoder(), out=tmp_path / "small", cache=False, batch_size=2,

@@ -4,7 +4,9 @@ and (slow) the demo pipeline end to end."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,13 @@ out = "${out}/diagnose"
         ("[[steps]]\nkind = 'diagnose'\n", "missing \\[pipeline\\]"),
         ("[pipeline\n", "not valid TOML"),
         ("[pipeline]\nname = 'empty'\n", "no \\[\\[steps\\]\\]"),
+        # a misspelt key would be ignored and the outputs written elsewhere
+        ("[pipeline]\nouput = '/tmp/x'\n[[steps]]\nkind = 'diagnose'\n", "\\[pipeline\\] has unknown key 'ouput'"),
+        ("[pipeline]\n[extra]\n[[steps]]\nkind = 'diagnose'\n", "the file has unknown key 'extra'"),
+        ("[pipeline]\nkind = 'reproduce_paper'\nsede = 1\n", "unknown key 'sede'"),
+        ("[pipeline]\n[steps]\nkind = 'encode'\n", "'steps' must be an array of tables"),
+        ("[pipeline]\nsteps = ['encode']\n", "unknown key 'steps'"),
+        ("steps = ['encode']\n[pipeline]\n", "'steps' must be an array of tables"),
     ],
 )
 def test_bad_pipeline_files_are_refused_before_running(tmp_path, text, message):
@@ -126,3 +135,28 @@ def test_demo_pipeline_end_to_end_on_a_small_licence_base(tmp_path, monkeypatch)
     diagnosis = json.loads((out / "audit" / "diagnosis" / "diagnosis.json").read_text())
     assert diagnosis["verdict"]["label"] in html
     assert f"{diagnosis['failure_rate']:.3f}" in html
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("models = 'minilm'", "models must be a non-empty list of model names, got 'minilm'"),
+    ("n = 'abc'", "n must be an integer ≥ 2, got 'abc'"),
+    ("n = -5", "n must be an integer ≥ 2, got -5"),
+    ("seed = 1.5", "seed must be an integer ≥ 0, got 1.5"),
+])
+def test_reproduce_paper_values_are_checked_before_any_work(tmp_path, line, message):
+    from rag_diag.jobs.reproduce import reproduce_paper
+
+    config = tomllib.loads(f"[pipeline]\nkind = 'reproduce_paper'\n{line}\n")
+    with pytest.raises(RagDiagError, match=re.escape(message)):
+        reproduce_paper(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_paper_never_writes_into_another_folder(tmp_path):
+    from rag_diag.jobs.reproduce import reproduce_paper
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text("{}")
+    with pytest.raises(RagDiagError, match="not empty and was not written by rag-diag"):
+        reproduce_paper({"pipeline": {"kind": "reproduce_paper", "models": ["minilm"], "n": 2}}, tmp_path / "eval")
+    assert [p.name for p in (tmp_path / "eval").iterdir()] == ["metrics.json"]

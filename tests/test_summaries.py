@@ -80,10 +80,11 @@ def test_nothing_truncated_is_exact_up_to_the_reported_rounding(mock_encoder, ti
     texts = _texts(tiny_texts)
     store = encode_texts(texts, model=mock_encoder, ids=[f"d{n}" for n in range(len(texts))])
     width = int(store.lengths.max())
-    summary = covariance_summary(store, width)
+    full = min(width, store.dim)  # a centred n × d matrix has rank ≤ min(n − 1, d)
+    summary = covariance_summary(store, full)
     exact, approx = knn_collapse(store, 3), knn_collapse(None, 3, summary=summary)
     np.testing.assert_array_equal(approx.doc_b, exact.doc_b)
-    reported = bound_summary(approx, summary, width)
+    reported = bound_summary(approx, summary, full)
     assert reported["share_pairs_exact"] == 1.0 and reported["max_rounding_slack"] > 0.0
     slack = rounding_slack(approx, summary)
     concentration = exact.text_stats.concentration

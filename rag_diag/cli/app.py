@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from rag_diag.cmdline import command_line
+
+if TYPE_CHECKING:
+    from rag_diag.corpora.io import Corpus
 
 app = typer.Typer(
     name="rag-diag",
@@ -39,12 +42,32 @@ def check_out(out: Path, kind: str, force: bool = False) -> None:
 
 
 def gib_bytes(gib: float, option: str) -> int:
-    """A positive ``--option`` given in GiB, in bytes; anything else is a one-line error."""
+    """A positive ``--option`` given in GiB, at most :data:`MAX_GIB`, in bytes; anything else is a one-line error
+    (an infinite size would overflow every byte count it meets)."""
     from rag_diag.errors import RagDiagError
 
-    if not gib > 0:
-        raise RagDiagError(f"{option} must be a positive number of GiB, got {gib}")
+    if not 0 < gib <= MAX_GIB:
+        raise RagDiagError(f"{option} must be a positive number of GiB up to {MAX_GIB:,} (1 PiB), got {gib}")
     return int(gib * 2**30)
+
+
+MAX_GIB = 2**20
+"""The largest size option accepted, in GiB."""
+
+
+def judged_queries(queries: Path | None, qrels: Path | None, corpus: Corpus | None = None) -> tuple[Any, Any]:
+    """The ``--queries`` and ``--qrels`` files, loaded (qrels checked against the queries and ``corpus``), or
+    (None, None) for probe queries; one without the other is a one-line error, not a silent switch to probes."""
+    from rag_diag.corpora.io import load_qrels, load_queries
+    from rag_diag.errors import RagDiagError
+
+    if (queries is None) != (qrels is None):
+        given, missing = ("--queries", "--qrels") if qrels is None else ("--qrels", "--queries")
+        raise RagDiagError(f"{given} needs {missing} (give both, or neither for probe queries)")
+    if queries is None or qrels is None:
+        return None, None
+    loaded = load_queries(queries)
+    return loaded, load_qrels(qrels, loaded, corpus)
 
 
 def recorded(context: typer.Context, positional: Sequence[str] = ()) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rag_diag.cli.app import Force, app, check_out, console, gib_bytes, recorded
+from rag_diag.cli.app import Force, app, check_out, console, gib_bytes, judged_queries, recorded
 from rag_diag.defaults import DEFAULT_K, DEFAULT_SAMPLE
 
 
@@ -47,7 +47,6 @@ def audit_command(
     force: Force = False,
 ) -> Any:
     """Audit a vector store: model check, near-duplicates, collapse, hubness, ANN recall, evaluation."""
-    from rag_diag.corpora.io import load_qrels, load_queries
     from rag_diag.errors import RagDiagError
     from rag_diag.jobs.audit import KIND, audit_store, write_audit
     from rag_diag.jobs.audit import export_pooling as export_vectors
@@ -58,10 +57,13 @@ def audit_command(
 
     if (export is None) != (export_pooling is None):
         raise RagDiagError("give --export and --export-pooling together")
+    if export is not None and not is_server(export):
+        here, there = out.resolve(), Path(export).resolve()
+        if here == there or here.is_relative_to(there) or there.is_relative_to(here):
+            raise RagDiagError(f"--export {export} and --out {out} overlap: the store and the audit need two folders")
     if export_pooling is not None:
         get_strategy(export_pooling)
-    loaded_queries = None if queries is None else load_queries(queries)
-    loaded_qrels = None if qrels is None or loaded_queries is None else load_qrels(qrels, loaded_queries)
+    loaded_queries, loaded_qrels = judged_queries(queries, qrels)
     with opened_store(store, documents, trust_store=trust_store, collection=collection) as stored:
         check_out(out, KIND, force)
         if export is not None and not is_server(export):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rag_diag.cli.app import Force, app, check_out, console, recorded
+from rag_diag.cli.app import Force, app, check_out, console, judged_queries, recorded
 from rag_diag.defaults import DEFAULT_PROBES
 
 
@@ -27,12 +27,11 @@ def choose_pooling_command(
     force: Force = False,
 ) -> Any:
     """Evaluate every pooling strategy and re-ranker and recommend one, with its evidence."""
-    from rag_diag.corpora.io import load_corpus, load_qrels, load_queries
+    from rag_diag.corpora.io import load_corpus
     from rag_diag.jobs.choose import KIND, choose_pooling, write_choice
 
     docs = load_corpus(corpus)
-    loaded_queries = None if queries is None else load_queries(queries)
-    loaded_qrels = None if qrels is None or loaded_queries is None else load_qrels(qrels, loaded_queries, docs)
+    loaded_queries, loaded_qrels = judged_queries(queries, qrels, docs)
     check_out(out, KIND, force)
     choice = choose_pooling(docs, queries=loaded_queries, qrels=loaded_qrels, model=model, strategies=strategies,
                             rerankers=rerank, k=k, probes=probes, seed=seed, command=recorded(context))

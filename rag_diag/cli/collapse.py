@@ -72,6 +72,7 @@ def collapse_command(
 def _bounded(docs: Any, model: str, knn: int, rank: int | None, budget_gib: float, engine: str,
              address: str | None, command: str) -> Any:
     """The summaries path when the token store would not fit ``budget_gib`` or Ray is asked for, else None."""
+    from rag_diag.collapse.knn import check_rank
     from rag_diag.collapse.run import collapse_summaries
     from rag_diag.collapse.summaries import plan_memory
     from rag_diag.models.loading import load_encoder
@@ -81,6 +82,8 @@ def _bounded(docs: Any, model: str, knn: int, rank: int | None, budget_gib: floa
     if engine not in ("local", "ray"):
         raise RagDiagError(f"--engine must be local or ray, got {engine!r}")
     encoder = load_encoder(model)
+    if rank is not None:
+        check_rank(rank, encoder.dim, encoder.max_seq_length)
     estimate = estimate_encode(docs.texts, encoder)
     console.print(estimate.line())
     plan = plan_memory(len(docs), estimate.n_tokens, estimate.store_bytes, encoder.dim, budget,

@@ -35,14 +35,21 @@ def diagnose_command(
     from rag_diag.collapse.table import CollapseTable
     from rag_diag.corpora.io import load_corpus, load_queries
     from rag_diag.diagnosis.diagnose import KIND, diagnose
+    from rag_diag.errors import RagDiagError
     from rag_diag.evaluation.result import EvalResult
     from rag_diag.report import render_report
     from rag_diag.report.views import diagnosis_report
 
     evaluation, collapse = EvalResult.open(eval_dir), CollapseTable.open(collapse_dir)
+    if corpus is not None and not corpus.exists():
+        raise RagDiagError(f"{corpus}: no such corpus (--corpus)")
     source = corpus or evaluation.manifest.get("corpus")
     folder = Path(source).parent if source and Path(source).is_file() else Path(source) if source else None
     docs = load_corpus(folder) if folder is not None and folder.exists() else None
+    expected = evaluation.manifest.get("corpus_sha256")
+    if docs is not None and expected and docs.content_hash() != expected:
+        raise RagDiagError(f"{folder}: not the corpus the evaluation ran on (corpus hash {docs.content_hash()[:12]} "
+                           f"≠ {str(expected)[:12]}): its texts would be quoted for other documents")
     queries = load_queries(folder) if folder is not None and (folder / "queries.jsonl").is_file() else None
     check_out(out, KIND, force)
     diagnosis = diagnose(evaluation, collapse, strategy=strategy, corpus=docs, queries=queries,

@@ -37,6 +37,8 @@ STEPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "demo-report": ((), ()),
 }
 """Step kind → (command words, positional parameters). ``demo-report`` is pipeline-only."""
+HEADER_KEYS = ("name", "out", "description")
+"""The ``[pipeline]`` keys of a pipeline of steps (a whole-pipeline job adds its own: :data:`JOB_KEYS`)."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,14 @@ def load_pipeline(path: str | Path) -> tuple[dict[str, Any], list[Step]]:
     header = config.get("pipeline")
     if not isinstance(header, dict):
         raise RagDiagError(f"{path}: missing [pipeline] table")
+    _known(path, "the file", config, ("pipeline", "steps"))
+    _known(path, "[pipeline]", header, (*HEADER_KEYS, *JOB_KEYS.get(str(header.get("kind")), ())))
+    raw_steps = config.get("steps", [])
+    if not isinstance(raw_steps, list) or not all(isinstance(raw, dict) for raw in raw_steps):
+        raise RagDiagError(f"{path}: 'steps' must be an array of tables ([[steps]] sections)")
     variables = {"out": str(header.get("out", f"reports/{path.stem}"))}
     steps = []
-    for number, raw in enumerate(config.get("steps", []), start=1):
+    for number, raw in enumerate(raw_steps, start=1):
         kind = raw.get("kind")
         if kind not in STEPS:
             raise RagDiagError(f"{path}: step {number} has unknown kind '{kind}' (known: {', '.join(STEPS)})")
@@ -89,6 +96,14 @@ def load_pipeline(path: str | Path) -> tuple[dict[str, Any], list[Step]]:
     if not steps and header.get("kind") not in JOBS:
         raise RagDiagError(f"{path}: no [[steps]] and no known [pipeline] kind (known: {', '.join(JOBS)})")
     return config, steps
+
+
+def _known(path: Path, where: str, table: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse a key ``table`` does not take (a misspelt ``out`` would otherwise be ignored and write elsewhere)."""
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise RagDiagError(f"{path}: {where} has unknown key{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(map(repr, unknown))} (known: {', '.join(keys)})")
 
 
 def _run_command(step: Step) -> Any:
@@ -138,3 +153,5 @@ def _reproduce_paper(config: dict[str, Any], out: Path) -> None:
 
 
 JOBS: dict[str, Callable[[dict[str, Any], Path], None]] = {"reproduce_paper": _reproduce_paper}
+JOB_KEYS: dict[str, tuple[str, ...]] = {"reproduce_paper": ("kind", "models", "n", "seed", "device", "dtype")}
+"""The ``[pipeline]`` keys each whole-pipeline job takes beside :data:`HEADER_KEYS`."""

@@ -175,6 +175,8 @@ def neighbour_graph(
 
     from rag_diag.sampling import seeded_sample
 
+    if len(means) < 2:
+        raise RagDiagError(f"kNN collapse needs at least 2 texts (the corpus has {len(means)})")
     if not 1 <= k < len(means):
         raise RagDiagError(f"--knn must be between 1 and {len(means) - 1} (the corpus has {len(means)} texts)")
     vectors = _unit(means)
@@ -218,8 +220,7 @@ def covariance_summary(
     its eigenvectors), so c = min(chunk_docs, ⌊chunk_bytes / (8·w·(d + 2w))⌋); documents are taken in order of
     length, so w is about each document's own length (:func:`_length_chunks`).
     """
-    if rank < 1:
-        raise RagDiagError(f"--rank must be at least 1, got {rank}")
+    check_rank(rank, store.dim, int(store.window))
     n_docs, dim = len(store), store.dim
     means = np.empty((n_docs, dim), dtype=np.float32)
     factors = zeros((n_docs, rank, dim))
@@ -246,6 +247,14 @@ def covariance_summary(
             release_heap()  # the chunk's freed buffers: on 1,200 window-long texts, 0.55 → 0.46 GiB peak, same time
             advance(len(indices))
     return CovarianceSummary(means=means, factors=factors, traces=traces, tail=tails, text_stats=stats)
+
+
+def check_rank(rank: int, dim: int, window: int) -> None:
+    """A summary rank r in [1, min(d, W)]: a text's centred token matrix (at most W tokens of dimension d) has rank
+    at most min(d, W − 1), so a larger r keeps nothing more and only makes every pair's Gram route r×r."""
+    if not 1 <= rank <= min(dim, window):
+        raise RagDiagError(f"--rank must be between 1 and {min(dim, window)} (the model's dimension {dim} and "
+                           f"window {window} tokens bound a text's covariance rank), got {rank}")
 
 
 def _length_chunks(lengths: np.ndarray, dim: int, chunk_docs: int, chunk_bytes: int) -> list[np.ndarray]:

@@ -204,10 +204,12 @@ def rounding_slack(found: KnnResult, summary: CovarianceSummary) -> np.ndarray:
 def bound_summary(found: KnnResult, summary: CovarianceSummary, rank: int) -> dict[str, Any]:
     """What the audit reports of the bounds over every kNN pair of ``found`` (k rows per document, in order, computed
     on ``summary``): the symmetric bound's max and mean, the share of pairs nothing was truncated from (both texts'
-    centred matrices, of rank ≤ n − 1, fit r rows, or τ = 0), and the interval the exact mean collapse rate lies in.
+    centred matrices, of rank ≤ min(n − 1, d), fit r rows, or τ = 0), and the interval the exact mean collapse rate
+    lies in.
     Each side includes :func:`rounding_slack`."""
     tail_a, tail_b = summary.tail[found.doc_a], summary.tail[found.doc_b]
-    whole = (np.asarray(summary.text_stats.n_tokens) <= rank + 1) | (np.asarray(summary.tail) <= 0.0)
+    fits = np.minimum(np.asarray(summary.text_stats.n_tokens) - 1, summary.factors.shape[2]) <= rank  # min(n − 1, d)
+    whole = fits | (np.asarray(summary.tail) <= 0.0)
     slack = rounding_slack(found, summary)
     below, above = (side + slack for side in socm_error_sides(found.pairs, tail_a, tail_b))
     bound = np.maximum(below, above)

@@ -254,6 +254,8 @@ def load_queries(path: str | Path) -> Queries:
         path = path / "queries.jsonl"
     if path.suffix != ".jsonl":
         corpus = read_text_lines(path)
+        if corpus.texts[0].strip().split("\t")[:2] == ["query-id", "corpus-id"]:
+            raise RagDiagError(f"{path}: a qrels file, not queries (give queries.jsonl, or one query per line)")
         return Queries(ids=corpus.ids, texts=corpus.texts, source=str(path))
     ids: list[str] = []
     texts: list[str] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,27 @@ def file_checksums(folder: Path) -> dict[str, str]:
 
 
 def check_output_folder(out: Path) -> None:
-    """Refuse to replace a non-empty folder that is not a previous build (it would be deleted)."""
+    """Refuse to replace a non-empty folder that is not a previous corpus build (it would be deleted): one marked
+    as a rag-diag ``corpus``, or unmarked (as committed) with a corpus manifest, whose ``build_command`` is a
+    ``rag-diag corpora`` command. Other rag-diag outputs (an index bundle also has a ``manifest.json``) are refused."""
     if out.is_file():
         raise RagDiagError(f"{out}: is a file; --out must be a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise RagDiagError(f"{out}: folder is not empty and holds no {MANIFEST}; refusing to overwrite it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    kind = atomic.artefact_kind(out)
+    if kind not in (None, "corpus"):
+        raise RagDiagError(f"{out}: holds a rag-diag '{kind}' output, not a corpus; refusing to overwrite it")
+    if kind is None and not str(_manifest_field(out / MANIFEST, "build_command")).startswith("rag-diag corpora "):
+        raise RagDiagError(f"{out}: folder is not empty and holds no corpus {MANIFEST}; refusing to overwrite it")
+
+
+def _manifest_field(path: Path, key: str) -> object:
+    """``key`` of the JSON object at ``path``; None when the file is missing, unreadable or not an object."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get(key) if isinstance(record, dict) else None
 
 
 def build_corpus(name: str, out: str | Path | None = None, size: str | int = "small", seed: int = 0) -> dict:

@@ -22,6 +22,7 @@ import torch
 from rag_diag import atomic
 from rag_diag.errors import RagDiagError
 
+KIND = "reproduce-paper"
 DEFAULT_MODELS = ("mpnet", "minilm", "gemma-270m", "random-minilm")
 TOLERANCE = 0.02
 # Paper, Wikipedia column (average SOCM). MiniLM-L6 is not in the paper: its L12 sibling is shown.
@@ -103,21 +104,27 @@ def reproduce_paper(config: dict[str, Any], out: Path | None = None) -> list[dic
     params = config.get("pipeline", config)
     if params.get("kind", "reproduce_paper") != "reproduce_paper":
         raise RagDiagError(f"pipeline kind is '{params.get('kind')}', expected 'reproduce_paper'")
-    models = list(params.get("models", DEFAULT_MODELS))
-    n, seed = int(params.get("n", 1000)), int(params.get("seed", 0))
+    models = params.get("models", list(DEFAULT_MODELS))
+    if not isinstance(models, list) or not models or not all(isinstance(model, str) for model in models):
+        raise RagDiagError(f"models must be a non-empty list of model names, got {models!r}")
+    n, seed = params.get("n", 1000), params.get("seed", 0)
+    for name, value, least in (("n", n, 2), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise RagDiagError(f"{name} must be an integer ≥ {least}, got {value!r}")
     dtype_name = params.get("dtype", "float64")
     if dtype_name not in ("float64", "float32"):
         raise RagDiagError(f"dtype must be float64 or float32, got '{dtype_name}'")
     out = Path(out or params.get("out", "reports/reproduce_paper"))
+    atomic.check_output(out, KIND)
     from rag_diag.devices import resolve_device
 
     device = resolve_device(params.get("device", "cpu"))
     texts = wiki_sentences(n, seed=seed)
     rows = [_measure(model, texts, device, getattr(torch, dtype_name)) for model in models]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "results.json", {"n": n, "seed": seed, "device": device, "dtype": dtype_name,
-                                             "models": rows})
-    atomic.write_text(out / "table.md", _table(rows, n, seed))
+    with atomic.atomic_dir(out, kind=KIND) as tmp:
+        atomic.write_json(tmp / "results.json", {"n": n, "seed": seed, "device": device, "dtype": dtype_name,
+                                                 "models": rows})
+        atomic.write_text(tmp / "table.md", _table(rows, n, seed))
     return rows
 
 

@@ -105,6 +105,13 @@ def _human(n_bytes: int) -> str:
     return f"{n_bytes} B"
 
 
+def check_max_store(size: int, max_store: int | None, dtype: str) -> None:
+    """Refuse a token store of ``size`` bytes over ``max_store`` (one line, with the float16 size)."""
+    if max_store is not None and size > max_store:
+        smaller = "" if dtype == "float16" else f"; --dtype float16 would take {_human(size // 2)}"
+        raise RagDiagError(f"the token store would take {_human(size)}, over --max-store {_human(max_store)}{smaller}")
+
+
 def _write_store(
     folder: Path,
     encoder: Encoder,
@@ -130,10 +137,7 @@ def _write_store(
     lengths = np.array([len(row) for row in tokenized.input_ids], dtype=np.int64)
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    size = store_bytes(int(offsets[-1]), len(layers), encoder.dim, dtype)
-    if max_store is not None and size > max_store:
-        smaller = "" if dtype == "float16" else f"; --dtype float16 would take {_human(size // 2)}"
-        raise RagDiagError(f"the token store would take {_human(size)}, over --max-store {_human(max_store)}{smaller}")
+    check_max_store(store_bytes(int(offsets[-1]), len(layers), encoder.dim, dtype), max_store, dtype)
     np_dtype = np.float16 if dtype == "float16" else np.float32
     embeddings = np.lib.format.open_memmap(
         folder / "embeddings.npy", mode="w+", dtype=np_dtype, shape=(len(layers), int(offsets[-1]), encoder.dim)
@@ -258,6 +262,8 @@ def encode_texts(
     key = cache_key(encoder, resolved_layers, dtype, text_hash)
     target = entry_path(key) if cache else Path(out)  # type: ignore[arg-type]
     store = open_cached(target, key) if cache else None  # only the cache is reused (and pruned), never ``out``
+    if store is not None:  # a cached store is published as a new one would be: within --max-store
+        check_max_store(store_bytes(int(store.offsets[-1]), len(resolved_layers), encoder.dim, dtype), max_store, dtype)
     counts = {"forward_passes": 0}
     if store is None:
         with atomic.atomic_dir(target, kind="token-store") as tmp:

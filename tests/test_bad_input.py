@@ -130,6 +130,7 @@ CASES = {
     "qrels-given-as-queries": Case(["choose-pooling", "--corpus", "{kb}", "--queries", "{kb}/qrels/test.tsv",
                                     "--qrels", "{kb}/qrels/test.tsv", "--out", "{tmp}/choose"], 2,
                                    ("test.tsv: a qrels file, not queries",)),
+    "empty-strategies": Case([*CHOOSE, "--strategies", ""], 2, ("no pooling strategy given",)),
     "export-over-out": Case(["audit", "--store", "{tmp}/store", "--out", "{tmp}/o", "--export", "{tmp}/o/cls",
                              "--export-pooling", "cls"], 2, ("overlap",)),
     "infinite-budget": Case(["encode", "--corpus", "{kb}", "--out", "{tmp}/enc", "--memory-budget", "inf"], 2,

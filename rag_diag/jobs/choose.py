@@ -254,7 +254,7 @@ def _names(strategies: str | list[str] | None, rerankers: str | list[str] | None
     from rag_diag.pooling import parse_strategies
     from rag_diag.retrieval.rerank import parse_rerankers
 
-    names = parse_strategies(strategies or "all")
+    names = parse_strategies("all" if strategies is None else strategies)  # "" is an error, as for index
     if BASELINE not in names:
         names = [BASELINE, *names]
     reranks = parse_rerankers("all" if rerankers is None else None if rerankers == "none" else rerankers)

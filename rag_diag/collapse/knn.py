@@ -220,7 +220,8 @@ def covariance_summary(
     its eigenvectors), so c = min(chunk_docs, ⌊chunk_bytes / (8·w·(d + 2w))⌋); documents are taken in order of
     length, so w is about each document's own length (:func:`_length_chunks`).
     """
-    check_rank(rank, store.dim, int(store.window))
+    if rank < 1:
+        raise RagDiagError(f"--rank must be at least 1, got {rank}")
     n_docs, dim = len(store), store.dim
     means = np.empty((n_docs, dim), dtype=np.float32)
     factors = zeros((n_docs, rank, dim))

@@ -53,6 +53,10 @@ def collapse_store(
     from rag_diag.collapse.layers import layer_profile
 
     mode = check_mode("all" if knn is None else None, knn, rank)
+    if rank is not None:
+        from rag_diag.collapse.knn import check_rank
+
+        check_rank(rank, store.dim, int(store.window))
     if dtype not in DTYPES:
         raise RagDiagError(f"--dtype must be float64 or float32, got '{dtype}'")
     options: dict[str, Any] = {"drop_special": drop_special, "device": device, "dtype": getattr(torch, dtype),

@@ -285,7 +285,8 @@ def plan_memory(
         return MemoryPlan("token-store", budget_bytes, store_bytes, max_store_bytes, None, None, 0,
                           f"the token store ({store_bytes / 2**20:,.0f} MiB) fits the budget", token_rows)
     per_rank = max(n_docs * dim * 4, 1)
-    rank = MAX_RANK if max_store_bytes is None else max(1, min(MAX_RANK, int(max_store_bytes // per_rank)))
+    most = min(MAX_RANK, dim)  # a covariance of d-dimensional tokens has rank ≤ d
+    rank = most if max_store_bytes is None else max(1, min(most, int(max_store_bytes // per_rank)))
     per_doc = max(n_tokens / max(n_docs, 1), 1.0) * dim * 4
     shard = max(1, min(n_docs, int(SHARD_SHARE * budget_bytes // per_doc)))
     capped = max_store_bytes is not None and store_bytes > max_store_bytes

@@ -17,8 +17,8 @@ SIGNIFICANCE_LEVEL = 0.05
 
 
 def what_fails(summary: Mapping[str, Any]) -> str:
-    return (f"{summary['n_failures']} of {summary['n_queries']} queries ({summary['failure_rate']:.0%}) lose "
-            f"their relevant document at rank 1 under {summary['strategy']} pooling.")
+    return (f"{summary['n_failures']} of {summary['n_queries']} queries ({summary['failure_rate']:.0%}) have no "
+            f"relevant document at rank 1 under {summary['strategy']} pooling.")
 
 
 def why(summary: Mapping[str, Any]) -> str:

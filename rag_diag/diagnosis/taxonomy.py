@@ -17,7 +17,8 @@ A failed query's relevant document was outranked by a *confuser*. The causes, ch
 5. ``token-level`` — a token-level scorer (MaxSim re-rank) ranks it first.
 6. ``hub`` — the confuser is a hub of the kNN graph (k-occurrence ≥ HUB_FACTOR·k): it comes back for
    many queries.
-7. ``encoder`` — none of the above: nothing tried separates them; the embedding model itself does not.
+7. ``encoder`` — none of the above: no scorer the evaluation consulted separates them (the runs are named in
+   the table); another pooling of the same encoder (``choose-pooling``) or another embedding model may.
 
 Fixes come before ``hub`` and ``encoder`` because a fix that works is the actionable answer; among the
 fixes the cheaper family comes first (lexical < second-order < token-level in index size and latency).
@@ -46,7 +47,8 @@ CAUSE_ADVICE = {
     "second-order": "re-rank the mean top-k with a second-order score (W₂ / blend) or index mean+std",
     "token-level": "re-rank the mean top-k with MaxSim over token vectors",
     "hub": "the confuser is a hub: down-weight or remove it, or add hubness reduction",
-    "encoder": "no scorer of this encoder separates them: a different embedding model is needed",
+    "encoder": "nothing consulted here separates them: compare the other poolings of this encoder "
+               "(choose-pooling), else another embedding model",
 }
 RUNS_FOR_CAUSE = {
     "truncated": ("windowed", "rerank-windowed"),

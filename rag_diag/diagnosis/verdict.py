@@ -8,8 +8,8 @@ Three pieces of evidence decide whether second-order collapse explains a strateg
    SOCM carries the factor (1 − d_μ) and near-identical pairs have high SOCM whatever the cause;
 3. the AUROC of the relevant document's collapse rate for failure, with a CI from a bootstrap that
    resamples relevant documents; its *direction* is reported: above 0.5 (collapse goes with
-   failure), below 0.5 (an inverse association: failing documents coincide with their neighbours
-   in both moments, which no pooling of this encoder separates), or neither;
+   failure), below 0.5 (an inverse association: the relevant documents of failing queries have lower collapse
+   rates, so mean pooling hides less second-order difference where retrieval fails), or neither;
 
 and a likelihood-ratio test asks whether the collapse rate predicts failure beyond the mean-pooled
 cosine, the token concentration and the length of the relevant document (science.md §4: the raw
@@ -145,8 +145,8 @@ def direction_sentence(auroc: dict[str, Any]) -> str:
         return f"{numbers}: documents with higher collapse rates fail more often"
     if auroc["direction"] == "inverse":
         return (f"{numbers}: an inverse association — the relevant documents of failing queries have "
-                "lower collapse rates, i.e. they coincide with their neighbours in both moments, "
-                "which no pooling of this encoder separates")
+                "lower collapse rates than those of succeeding ones, so mean pooling hides less second-order "
+                "difference where retrieval fails: collapse does not explain these failures")
     return f"{numbers}: no association either way"
 
 
@@ -157,7 +157,7 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
     null, beyond = summary["high_socm_null"], summary["beyond_controls"]
     evidence = [
         f"failure rate {summary['failure_rate']:.3f} ({summary['n_failures']} of {summary['n_queries']} "
-        f"queries lose their relevant document at rank 1); adequate ≤ {FAILURE_RATE_ADEQUATE}, "
+        f"queries have no relevant document at rank 1); adequate ≤ {FAILURE_RATE_ADEQUATE}, "
         f"unsuitable ≥ {FAILURE_RATE_UNSUITABLE} when collapse is implicated",
         f"{null['n_high']} of {null['n']} failures have a (relevant, confuser) pair with SOCM ≥ the corpus' "
         f"{HIGH_SOCM_QUANTILE:.0%} quantile; cosine-matched null share {_fmt(null['null_share'])}, "

@@ -308,3 +308,14 @@ def test_mismatched_model_and_dimension_are_refused(minilm_bundle, licence_beir,
     message = capsys.readouterr().err.strip()
     assert "dimension 768" in message and "\n" not in message
     assert not (tmp_path / "eval").exists()
+
+
+def test_ragas_scores_count_a_query_with_nothing_retrieved_as_zero():
+    """ragas scores an empty retrieval NaN; averaged with it left out, precision would be over fewer queries than
+    every ranx metric. Hand values: q1 retrieves [d1 relevant, d2] → precision 1/2, recall 1/1; q2 nothing → 0, 0."""
+    from rag_diag.corpora.io import Qrels
+    from rag_diag.evaluation.evaluate import ragas_context_scores
+
+    run = {"q1": Ranking(["d1", "d2"], np.array([2.0, 1.0])), "q2": Ranking([], np.array([]))}
+    scores = ragas_context_scores(Qrels({"q1": {"d1": 1}, "q2": {"d3": 1}}), run, 10)
+    assert scores == pytest.approx({"context_precision": 0.25, "context_recall": 0.5}, abs=1e-12)

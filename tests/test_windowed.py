@@ -156,3 +156,23 @@ def test_a_store_holding_more_documents_in_another_order_serves_those_that_fit(t
     np.testing.assert_allclose(stored_vectors(served)[1:], stored_vectors(fresh)[1:], atol=bound)
     np.testing.assert_allclose(stored_vectors(served)[0], unit(whole.means()[[0]].astype(np.float64))[0], atol=bound)
     assert np.abs(stored_vectors(served)[0] - stored_vectors(fresh)[0]).max() > 0.1
+
+
+def test_search_returns_depth_documents_when_long_documents_fill_the_first_chunks(tmp_path):
+    """Four long documents of 8 chunks each and two short ones: a first list of 4·depth = 8 chunks can name a single
+    document (the query is one of them); the search widens it until it holds ``depth`` (here every) document, each
+    at its best chunk."""
+    long_texts = [" ".join(f"l{d}w{i % 16}" for i in range(100)) for d in range(4)]  # 16 words over and over
+    corpus = Corpus(ids=["l0", "l1", "l2", "l3", "s0", "s1"], texts=[*long_texts, "short one", "short two"])
+    index = WindowedIndex.build(corpus, ENCODER)
+    assert np.bincount(index.chunk_doc).tolist()[:4] == [8] * 4  # 100 words: chunks of 16 starting every 12
+    queries = Queries(ids=["q"], texts=[" ".join(f"l0w{i}" for i in range(16))])  # every chunk of l0 matches it
+    query_store = encode_texts(queries.texts, model=ENCODER, ids=queries.ids, out=tmp_path / "q", cache=False)
+    run = index.search(queries, query_store, depth=2)["q"]
+    assert len(run) == 2
+    run = index.search(queries, query_store, depth=6)["q"]
+    assert sorted(run) == sorted(corpus.ids)
+    vectors, query = stored_vectors(index), unit(query_store.means())[0]
+    for position, doc_id in enumerate(corpus.ids):  # every score is the document's best chunk
+        best = float((vectors[index.chunk_doc == position] @ query).max())
+        np.testing.assert_allclose(run[doc_id], best, rtol=0, atol=(vectors.shape[1] + 2) * 2**-23)

@@ -166,7 +166,7 @@ def _compute_missing_pairs(failures: pl.DataFrame, collapse: CollapseTable, stor
     """Compute the pair statistics absent from the pair table on the token store (``pair_socm``)."""
     from rag_diag.collapse.socm import pair_socm
 
-    missing = failures.filter(pl.col("socm").is_null())
+    missing = failures.filter(pl.col("socm").is_null() & pl.col("confuser_id").is_not_null())  # null: no ranking
     if missing.is_empty():
         return failures
     store = _open_store(collapse, store, len(missing))

@@ -102,7 +102,12 @@ def ranx_per_query(qrels: Qrels, run: Run, name: str, k: int) -> dict[str, np.nd
 
 
 def ragas_context_scores(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
-    """ragas ID-based context precision and recall of the top-k, averaged over queries."""
+    """ragas ID-based context precision and recall of the top-k, averaged over every query of ``run``.
+
+    ragas's precision divides by the number of IDs retrieved, not by k: a run that returns fewer than k documents
+    (BM25 when few share a word with the query) can score above its P@k. A query with nothing retrieved, which
+    ragas scores NaN, counts 0 here (as in P@k), so both figures average over the same queries as ranx's.
+    """
     import warnings
 
     from ragas import EvaluationDataset, evaluate
@@ -124,8 +129,8 @@ def ragas_context_scores(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
         )
     frame = result.to_pandas()  # type: ignore[union-attr]
     return {
-        "context_precision": float(frame["id_based_context_precision"].mean()),
-        "context_recall": float(frame["id_based_context_recall"].mean()),
+        "context_precision": float(frame["id_based_context_precision"].fillna(0.0).mean()),
+        "context_recall": float(frame["id_based_context_recall"].fillna(0.0).mean()),
     }
 
 

@@ -121,19 +121,29 @@ class WindowedIndex:
         return cls(list(corpus.ids), np.asarray(owners, dtype=np.int64), index, truncated)
 
     def search(self, queries: Queries, query_store: TokenStore, depth: int) -> dict[str, dict[str, float]]:
-        """Top-``depth`` documents per query by their best chunk's cosine."""
+        """Top-``depth`` documents per query by their best chunk's cosine: the top chunks, ``4·depth`` at first and
+        twice as many for a query whose chunks name fewer than ``depth`` documents (a few long documents' chunks
+        can fill the first list), until the list holds ``depth`` documents or every chunk."""
         vectors = unit_rows(query_store.means())
-        scores, rows = self.index.search(vectors, min(self.index.ntotal, depth * 4))
+        wanted = min(depth, len(self.doc_ids))
         run: dict[str, dict[str, float]] = {}
-        for query_id, row_scores, row_chunks in zip(queries.ids, scores, rows, strict=True):
-            best: dict[str, float] = {}
-            for score, chunk in zip(row_scores.tolist(), row_chunks.tolist(), strict=True):
-                if chunk < 0:
+        pending, fetch = np.arange(len(vectors)), depth * 4
+        while len(pending):
+            fetch = min(fetch, self.index.ntotal)
+            scores, rows = self.index.search(vectors[pending], fetch)
+            short = []
+            for position, row_scores, row_chunks in zip(pending.tolist(), scores, rows, strict=True):
+                best: dict[str, float] = {}
+                for score, chunk in zip(row_scores.tolist(), row_chunks.tolist(), strict=True):
+                    if chunk >= 0:
+                        doc_id = self.doc_ids[int(self.chunk_doc[chunk])]
+                        best[doc_id] = max(best.get(doc_id, -np.inf), score)
+                if len(best) < wanted and fetch < self.index.ntotal:
+                    short.append(position)
                     continue
-                doc_id = self.doc_ids[int(self.chunk_doc[chunk])]
-                best[doc_id] = max(best.get(doc_id, -np.inf), score)
-            run[query_id] = dict(sorted(best.items(), key=lambda item: (-item[1], item[0]))[:depth])
-        return run
+                run[queries.ids[position]] = dict(sorted(best.items(), key=lambda item: (-item[1], item[0]))[:depth])
+            pending, fetch = np.array(short, dtype=np.int64), fetch * 2
+        return {query_id: run[query_id] for query_id in queries.ids}
 
     def best_chunk_scores(self, query: np.ndarray, doc_ids: Sequence[str]) -> np.ndarray:
         """s(q, d) = max_c ⟨q, μ̂_c⟩ over the chunks c of each document in ``doc_ids``, for a unit query vector q:

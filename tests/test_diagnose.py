@@ -335,6 +335,17 @@ def test_no_failures_is_adequate(mock_licence_store):
     assert diagnosis.summary["collapse"]["auroc"]["auroc"] is None
 
 
+def test_a_failure_with_nothing_retrieved_has_no_pair_and_no_error(mock_kb):
+    """A run can return nothing for a query (BM25 without a shared word): no confuser, so no pair to compute."""
+    per_query = mock_kb.evaluation.per_query.with_columns(
+        pl.when(pl.col("query_id") == "q-gpl2").then(None).otherwise(pl.col("top_doc")).alias("top_doc"))
+    evaluation = EvalResult(mock_kb.evaluation.manifest, per_query, mock_kb.evaluation.runs, mock_kb.evaluation.qrels)
+    failures = {row["query_id"]: row for row in diagnose(evaluation, mock_kb.collapse).failures.iter_rows(named=True)}
+    assert set(failures) == FAILED
+    assert failures["q-gpl2"]["confuser_id"] is None and failures["q-gpl2"]["socm"] is None
+    assert failures["q-lgpl21+"]["pair_source"] == "computed"  # the other missing pair is still computed
+
+
 # ------------------------------------------------------------------------- the CLI
 
 

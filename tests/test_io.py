@@ -108,6 +108,20 @@ def test_trec_run_round_trip_sorted_by_score(tmp_path):
     assert read_trec_run(path) == run  # exactly: 0.1 + 0.2 is not 0.3 and must come back as written
 
 
+def test_trec_run_ids_with_whitespace_stay_one_field(tmp_path):
+    """Store ids may be file names or sentences: their whitespace (and %) is percent-encoded in the file, so the
+    run reads back, here and in ranx, with the same ids."""
+    from ranx import Run
+
+    run = {"what is x?": {"doc a.pdf": 0.9, "50% off\tsale": 0.5, "é\u00a0b": 0.4, "plain": 0.1}}
+    path = write_trec_run(tmp_path / "run.trec", run, tag="t")
+    assert all(len(line.split()) == 6 for line in path.read_text().splitlines())
+    assert "what%20is%20x?" in path.read_text() and "50%25%20off%09sale" in path.read_text()
+    assert read_trec_run(path) == run
+    assert set(Run.from_file(str(path), kind="trec").to_dict()["what%20is%20x?"]) == {
+        "doc%20a.pdf", "50%25%20off%09sale", "é%C2%A0b", "plain"}
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [("q1 Q0 d1 1 0.5\n", "expected 6 fields"), ("q1 Q0 d1 one 0.5 t\n", "not a number"),

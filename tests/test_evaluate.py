@@ -319,3 +319,23 @@ def test_ragas_scores_count_a_query_with_nothing_retrieved_as_zero():
     run = {"q1": Ranking(["d1", "d2"], np.array([2.0, 1.0])), "q2": Ranking([], np.array([]))}
     scores = ragas_context_scores(Qrels({"q1": {"d1": 1}, "q2": {"d3": 1}}), run, 10)
     assert scores == pytest.approx({"context_precision": 0.25, "context_recall": 0.5}, abs=1e-12)
+
+
+def test_dense_ties_are_ordered_by_document_id(mock_encoder):
+    """Exact duplicates tie; their order must not be FAISS's. Two twin pairs, one with the smaller id at the lower
+    row and one at the higher row, so whatever order FAISS gives ties, one pair would come out of id order."""
+    from rag_diag.corpora.io import Corpus
+    from rag_diag.evaluation.evaluate import retrieve
+    from rag_diag.retrieval.bundle import build_indexes
+    from rag_diag.tokens.extract import encode_texts
+
+    texts = ["the gnu general public license version two", "apache license version two point zero"]
+    corpus = Corpus(ids=["a-gpl", "z-apache", "other", "b-gpl", "c-apache"],
+                    texts=[texts[0], texts[1], "a text about something else", texts[0], texts[1]])
+    bundle = build_indexes(corpus, model=mock_encoder, strategies="mean")
+    queries = encode_texts(texts, model=mock_encoder, ids=["q-gpl", "q-apache"])
+    run = retrieve(bundle, "mean", queries, 5, "cpu")
+    for query_id, twins in (("q-gpl", ["a-gpl", "b-gpl"]), ("q-apache", ["c-apache", "z-apache"])):
+        ranking = run[query_id]
+        assert ranking.scores[0] == ranking.scores[1] and ranking.doc_ids[:2] == twins
+        assert list(ranking.scores) == sorted(ranking.scores, reverse=True)

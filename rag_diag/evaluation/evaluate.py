@@ -135,16 +135,26 @@ def ragas_context_scores(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
 
 
 def retrieve(bundle: IndexBundle, strategy: str, query_store: TokenStore, depth: int, device: str) -> Run:
-    """Top-``depth`` documents of every query in ``query_store`` under one pooling strategy."""
+    """Top-``depth`` documents of every query in ``query_store`` under one pooling strategy, tied scores by document
+    id (as every other run: FAISS leaves their order to its kernels, and an exact duplicate of the relevant document
+    ranked above it would decide the query)."""
     spec = get_strategy(strategy)
     meta = bundle.strategy_manifest(strategy)
     vectors = index_vectors(pool_store(strategy, query_store, bundle.stats(strategy)), spec.metric)
     scores, rows = search(bundle.index(strategy), vectors, depth, meta["metric"], device)
     doc_ids = bundle.doc_ids
     return {
-        query_id: Ranking([doc_ids[r] for r in row if r >= 0], score[row >= 0].astype(np.float64))
+        query_id: _ties_by_id([doc_ids[r] for r in row if r >= 0], score[row >= 0].astype(np.float64))
         for query_id, score, row in zip(query_store.doc_ids, scores, rows, strict=True)
     }
+
+
+def _ties_by_id(doc_ids: list[str], scores: np.ndarray) -> Ranking:
+    """The ranking with documents of equal score in id order (scores are already in descending order)."""
+    if len(scores) < 2 or not np.any(scores[1:] == scores[:-1]):
+        return Ranking(doc_ids, scores)
+    order = sorted(range(len(doc_ids)), key=lambda i: (-scores[i], doc_ids[i]))
+    return Ranking([doc_ids[i] for i in order], scores[order])
 
 
 def rerank(

@@ -28,6 +28,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,31 @@ def clear_protected() -> None:
     _PROTECTED.clear()
 
 
+# ---------------------------------------------------------------------------------------------- file records
+
+
+def file_record(path: str | Path) -> dict[str, int]:
+    """Size and CRC-32 of a written file, for its manifest (:func:`file_problem` checks them on reading)."""
+    crc = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            crc = zlib.crc32(chunk, crc)
+    return {"size": Path(path).stat().st_size, "crc32": crc}
+
+
+def file_problem(path: str | Path, record: dict[str, Any]) -> str | None:
+    """None when the file at ``path`` has the size and CRC-32 of ``record``, else what is wrong (its name first)."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name} missing"
+    size = path.stat().st_size
+    if size != record["size"]:
+        return f"{path.name} has {size} bytes, manifest says {record['size']}"
+    if file_record(path)["crc32"] != record["crc32"]:
+        return f"{path.name} checksum mismatch"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- outputs
 
 
@@ -219,15 +245,15 @@ def check_output(path: str | Path, kind: str = DEFAULT_KIND, force: bool = False
 
 
 def _process_start_time() -> float:
-    """When this process started (Linux /proc; elsewhere when this module was imported)."""
+    """When this process started (Linux /proc; elsewhere when this module was imported): now minus the time since
+    its start, from the uptime (centiseconds) and the start in clock ticks since boot. (The boot time ``btime`` is
+    whole seconds: a start up to 1 s too early left the temporaries of a run killed just before ours unswept.)"""
     try:
         stat = Path("/proc/self/stat").read_text()
         ticks = int(stat[stat.rindex(")") + 2:].split()[19])
-        boot = next(
-            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
-        )
-        started = boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        started = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return _IMPORT_TIME
     # A clock or namespace mismatch must never make fresh temporaries look stale: fall back when implausible.
     return started if started <= _IMPORT_TIME else _IMPORT_TIME
@@ -244,6 +270,19 @@ def _stale_siblings(target: Path) -> list[Path]:
                 with contextlib.suppress(OSError):
                     if sibling.lstat().st_mtime < started:
                         stale.append(sibling)
+    return stale
+
+
+def _restore_moved_aside(target: Path, kind: str, stale: list[Path]) -> list[Path]:
+    """Put back the output a killed run had moved aside to publish its own (killed between :func:`_publish`'s two
+    renames, it left neither at ``target``): the newest ``.old`` sibling holding a ``kind`` artefact. Returns the
+    stale siblings left to remove."""
+    moved = sorted((sibling for sibling in stale if ".old-" in sibling.name and artefact_kind(sibling) == kind),
+                   key=lambda sibling: sibling.lstat().st_mtime)
+    if moved:
+        with contextlib.suppress(OSError):
+            os.replace(moved[-1], target)
+            return [sibling for sibling in stale if sibling != moved[-1]]
     return stale
 
 
@@ -287,8 +326,11 @@ def atomic_dir(path: str | Path, kind: str = DEFAULT_KIND, force: bool = False) 
     """
     target = check_output(path, kind, force)
     _prepare_parent(target)
-    for stale in _stale_siblings(target):
-        _remove(stale)
+    stale = _stale_siblings(target)
+    if not target.exists() and not target.is_symlink():
+        stale = _restore_moved_aside(target, kind, stale)
+    for sibling in stale:
+        _remove(sibling)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:

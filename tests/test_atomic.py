@@ -296,6 +296,37 @@ def test_process_start_is_before_now():
     assert time.time() - started < 24 * 3600  # a test run does not last a day: the value is this process's
 
 
+@pytest.mark.skipif(not Path("/proc/uptime").is_file(), reason="Linux /proc only")
+def test_process_start_is_exact_to_the_clock_tick():
+    """A child's start time lies between the moments before and after it was spawned, to the resolution of
+    /proc/uptime (0.01 s) plus one clock tick (0.01 s at USER_HZ 100): 0.03 s. The boot time in /proc/stat is whole
+    seconds, so a start computed from it could be up to 1 s early, and a temporary made in that second looked live."""
+    import subprocess
+    import sys
+
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "from rag_diag import atomic; print(atomic._process_start_time())"],
+                         capture_output=True, text=True, check=True).stdout
+    after = time.time()
+    slack = 0.01 + 1.0 / os.sysconf("SC_CLK_TCK") + 0.01
+    assert before - slack <= float(out) <= after
+
+
+def test_an_output_moved_aside_by_a_killed_run_is_put_back(tmp_path):
+    """Killed between _publish's two renames, a run leaves the old output as a ``.old`` sibling and nothing at the
+    path: the next run restores it first, so even when that run fails too the good output stands."""
+    _publish(tmp_path / "out", content="good")
+    moved = tmp_path / ".out.old-12345-0a1b2c3d.tmp"
+    os.replace(tmp_path / "out", moved)
+    long_ago = time.time() - 3600
+    os.utime(moved, (long_ago, long_ago))
+    with pytest.raises(RuntimeError), atomic.atomic_dir(tmp_path / "out"):
+        raise RuntimeError("this run fails too")
+    assert (tmp_path / "out" / "v").read_text() == "good" and not moved.exists()
+    _publish(tmp_path / "out", content="newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "v").read_text() == "newer"
+
+
 def test_write_lines_streams_and_leaves_nothing_when_the_lines_fail(tmp_path):
     target = tmp_path / "corpus.jsonl"
     atomic.write_lines(target, (f"{i}\n" for i in range(3)))

@@ -4,6 +4,7 @@ flat, device handling. Mock-encoder and synthetic-vector tests are fast; the lic
 from __future__ import annotations
 
 import json
+import re
 
 import faiss
 import numpy as np
@@ -66,6 +67,22 @@ def test_in_memory_bundle_round_trips_through_write(mock_bundle, tmp_path):
     assert set(written.stats("sif")) == {"sif_frequency", "sif_component"} and written.stats("mean") == {}
     with pytest.raises(RagDiagError, match="no index for strategy"):
         written.index("median")
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "stats.npz"])
+def test_a_damaged_index_file_of_the_same_size_is_refused(mock_bundle, tmp_path, name):
+    """Bit flips keep a file's size: the strategy manifest's CRC-32 catches them before the index is searched."""
+    written = mock_bundle.write(tmp_path / "idx")
+    path = written.path / "sif" / name
+    data = bytearray(path.read_bytes())
+    for position in range(200, len(data) - 4, 16):
+        data[position] ^= 0x40
+    path.write_bytes(bytes(data))
+    reopened = IndexBundle.open(tmp_path / "idx")
+    read = reopened.index if name == "index.faiss" else reopened.stats
+    with pytest.raises(RagDiagError, match=rf"idx/sif: corrupt index folder \({re.escape(name)} checksum mismatch\)"):
+        read("sif")
+    assert reopened.index("mean").ntotal == len(mock_bundle.doc_ids)  # the undamaged strategies still read
 
 
 def test_check_encoder_refuses_another_dimension(mock_bundle):

@@ -146,6 +146,21 @@ def test_uri_collection_choice_and_reader_protocol(tmp_path, chromadb, small, mo
         reader.close()
 
 
+def test_metadata_chroma_cannot_hold_is_written_as_json_text(tmp_path, chromadb):
+    """Chroma 1.5 refuses None values, nested objects, empty and mixed lists (corpora perturb's variants carry a
+    nested ``metadata`` object): such values are left out (None) or written as JSON text; the rest as they are."""
+    from rag_diag.stores.chroma import write_chroma
+    from rag_diag.stores.protocol import StoreRows
+
+    metadata = {"label": "gpl", "n": 3, "x": 0.5, "ok": True, "tags": ["a", "b"], "none": None,
+                "edit": {"before": "1.2", "after": "2.2"}, "empty": [], "mixed": [1, "x"]}
+    spec = write_chroma(tmp_path / "c", StoreRows(["d1", "d2"], ["one", "two"], [metadata, {}],
+                                                  np.eye(2, 4, dtype=np.float32), "cosine"), collection=COLLECTION)
+    stored = open_store(spec)
+    assert stored.metadatas == [{"label": "gpl", "n": 3, "x": 0.5, "ok": True, "tags": ["a", "b"],
+                                 "edit": '{"after": "2.2", "before": "1.2"}', "empty": "[]", "mixed": '[1, "x"]'}, {}]
+
+
 def test_bad_uris(tmp_path):
     with pytest.raises(RagDiagError, match="no such chroma store folder"):
         open_store(f"chroma://{tmp_path / 'missing'}")

@@ -6,7 +6,8 @@ On disk a bundle is a folder::
     tokens/                  the corpus token store (a verified copy of the cache entry)
     <strategy>/index.faiss   a CPU FAISS index (GPU-built indexes are copied back before saving)
     <strategy>/doc_ids.json  row i of the index is document doc_ids[i]
-    <strategy>/manifest.json model + weights hash, strategy, dim, metric, index type, corpus hash, …
+    <strategy>/manifest.json model + weights hash, strategy, dim, metric, index type, corpus hash, …, and the size
+                             and CRC-32 of the folder's other files (checked before they are read)
     <strategy>/stats.npz     corpus statistics the strategy needs for queries (SIF only)
 
 A bundle can also live in memory only (:meth:`IndexBundle.from_index`: an audited store's own index),
@@ -78,6 +79,7 @@ class IndexBundle:
         meta = self.strategy_manifest(strategy)
         if strategy not in self.indexes:
             assert self.path is not None
+            self._verify(strategy, "index.faiss")
             try:
                 index = read_index(self.path / strategy / "index.faiss")
             except RuntimeError:
@@ -93,9 +95,19 @@ class IndexBundle:
             path = None if self.path is None else self.path / strategy / "stats.npz"
             if path is None or not path.is_file():
                 return {}
+            self._verify(strategy, "stats.npz")
             with np.load(path) as data:
                 self.corpus_stats[strategy] = {key: data[key] for key in data.files}
         return self.corpus_stats[strategy]
+
+    def _verify(self, strategy: str, name: str) -> None:
+        """Refuse a strategy file whose size or CRC-32 differs from its manifest's record (bundles written before
+        the records were kept have none, and are read as they are)."""
+        record = self.strategy_manifest(strategy).get("files", {}).get(name)
+        if record is not None and self.path is not None:
+            problem = atomic.file_problem(self.path / strategy / name, record)
+            if problem is not None:
+                raise RagDiagError(f"{self.path / strategy}: corrupt index folder ({problem})")
 
     @property
     def token_store_path(self) -> Path | None:
@@ -137,7 +149,8 @@ class IndexBundle:
                 if self.stats(strategy):
                     np.savez(folder / "stats.npz", **self.stats(strategy))  # type: ignore[arg-type]
                 atomic.write_json(folder / "doc_ids.json", self.doc_ids)
-                atomic.write_json(folder / "manifest.json", self.strategy_manifest(strategy))
+                files = {path.name: atomic.file_record(path) for path in sorted(folder.iterdir())}
+                atomic.write_json(folder / "manifest.json", {**self.strategy_manifest(strategy), "files": files})
             atomic.write_json(tmp / "manifest.json", manifest)
         return IndexBundle.open(out)
 

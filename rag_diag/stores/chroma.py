@@ -20,6 +20,7 @@ attached, so nothing is ever embedded or downloaded) and reads one collection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,12 +164,28 @@ class ChromaReader(RowsInMemory):
             self._client = None
 
 
+def flat_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` as Chroma 1.5 stores it: None values left out (Chroma refuses them; an absent key reads as none),
+    and every value other than a str, int, float, bool or a non-empty list of one of those types written as its JSON
+    text (e.g. the ``metadata`` object ``corpora perturb`` gives each variant, which Chroma refused in a traceback)."""
+    scalars = (str, int, float, bool)
+
+    def storable(value: Any) -> bool:
+        if isinstance(value, list):
+            return bool(value) and all(isinstance(v, scalars) for v in value) and len({type(v) for v in value}) == 1
+        return isinstance(value, scalars)
+
+    return {key: value if storable(value) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+            for key, value in metadata.items() if value is not None}
+
+
 def write_chroma(folder: str | Path, rows: StoreRows, *, collection: str) -> str:
     """A persistent Chroma folder holding one collection of ``rows`` in their distance's space, written
     atomically; returns the URI that reads it back.
 
     Records are added in batches no larger than the client allows; nothing is embedded by Chroma (no
-    embedding function is attached); empty metadata is stored as none (Chroma refuses ``{}``).
+    embedding function is attached); empty metadata is stored as none (Chroma refuses ``{}``), and a value Chroma
+    cannot hold (a nested object, a list of objects: :func:`flat_metadata`) as its JSON text.
     """
     try:
         import chromadb
@@ -184,7 +201,7 @@ def write_chroma(folder: str | Path, rows: StoreRows, *, collection: str) -> str
             stop = min(start + step, len(rows.ids))
             target.add(ids=rows.ids[start:stop], documents=rows.texts[start:stop],
                        embeddings=np.asarray(rows.vectors[start:stop], dtype=np.float32),
-                       metadatas=[dict(m) or None for m in rows.metadatas[start:stop]])  # type: ignore[misc]
+                       metadatas=[flat_metadata(m) or None for m in rows.metadatas[start:stop]])  # type: ignore[misc]
         close = getattr(client, "close", None)
         if close is not None:
             close()

@@ -11,7 +11,6 @@ CRC-32 of every file; a store whose files disagree with it is rebuilt, never tru
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,24 +186,12 @@ class TokenStore:
         return store
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
 def _verify_files(path: Path, manifest: dict[str, Any]) -> str | None:
     """None when every file matches the manifest's size and CRC-32, else what is wrong."""
     for name, expected in manifest.get("files", {}).items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} missing"
-        if file.stat().st_size != expected["size"]:
-            return f"{name} has {file.stat().st_size} bytes, manifest says {expected['size']}"
-        if _crc32(file) != expected["crc32"]:
-            return f"{name} checksum mismatch"
+        problem = atomic.file_problem(path / name, expected)
+        if problem is not None:
+            return problem
     if set(manifest.get("files", {})) != set(TokenStore.FILES):
         return "manifest lists the wrong files"
     return None
@@ -214,7 +201,5 @@ def _verify_files(path: Path, manifest: dict[str, Any]) -> str | None:
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` with the size and CRC-32 of every store file, so :meth:`TokenStore.open` can verify."""
-    files = {
-        name: {"size": (folder / name).stat().st_size, "crc32": _crc32(folder / name)} for name in TokenStore.FILES
-    }
+    files = {name: atomic.file_record(folder / name) for name in TokenStore.FILES}
     atomic.write_json(folder / MANIFEST, {"format": STORE_FORMAT, **manifest, "files": files})

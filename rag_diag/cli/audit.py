@@ -27,7 +27,8 @@ def audit_command(
     sample: Annotated[int, typer.Option(min=1, help="Documents sampled for the checks, probes and --estimate.")] = (
         DEFAULT_SAMPLE),
     seed: Annotated[int, typer.Option(help="Seed of the samples and probe edits.")] = 0,
-    collection: Annotated[str | None, typer.Option(help="Collection of a Qdrant or Chroma store.")] = None,
+    collection: Annotated[str | None, typer.Option(
+        help="Collection of a Qdrant, Chroma or pgvector store, or a LlamaIndex index id.")] = None,
     trust_store: Annotated[bool, typer.Option(help="Unpickle index.pkl unrestricted (own stores only).")] = False,
     export: Annotated[str | None, typer.Option(help="Write --export-pooling's vectors as a new store of the same "
                                                     "kind here (a folder; a postgresql:// URL for a server).")] = None,

@@ -24,7 +24,7 @@ import polars as pl
 from rag_diag.corpora.io import Corpus, Qrels, Queries
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.candidates import extra_runs
-from rag_diag.evaluation.result import PER_QUERY_SCHEMA, EvalResult, Ranking, Run, rescored_head, run_scores
+from rag_diag.evaluation.result import PER_QUERY_SCHEMA, EvalResult, Run, ranked, rescored_head, run_scores
 from rag_diag.evaluation.significance import compare_to_baseline
 from rag_diag.models.loading import load_encoder
 from rag_diag.models.protocol import Encoder
@@ -144,17 +144,9 @@ def retrieve(bundle: IndexBundle, strategy: str, query_store: TokenStore, depth:
     scores, rows = search(bundle.index(strategy), vectors, depth, meta["metric"], device)
     doc_ids = bundle.doc_ids
     return {
-        query_id: _ties_by_id([doc_ids[r] for r in row if r >= 0], score[row >= 0].astype(np.float64))
+        query_id: ranked([doc_ids[r] for r in row if r >= 0], score[row >= 0])
         for query_id, score, row in zip(query_store.doc_ids, scores, rows, strict=True)
     }
-
-
-def _ties_by_id(doc_ids: list[str], scores: np.ndarray) -> Ranking:
-    """The ranking with documents of equal score in id order (scores are already in descending order)."""
-    if len(scores) < 2 or not np.any(scores[1:] == scores[:-1]):
-        return Ranking(doc_ids, scores)
-    order = sorted(range(len(doc_ids)), key=lambda i: (-scores[i], doc_ids[i]))
-    return Ranking([doc_ids[i] for i in order], scores[order])
 
 
 def rerank(

@@ -131,10 +131,13 @@ class EvalResult:
         return cls(manifest, per_query, runs, load_qrels(path / "qrels.tsv"), path)
 
 
+def ranked(doc_ids: list[str], scores: np.ndarray | list[float]) -> Ranking:
+    """The documents by descending score, ties by id: the order of every run, whatever produced the scores."""
+    pairs = sorted(zip(doc_ids, np.asarray(scores, dtype=np.float64).tolist(), strict=True),
+                   key=lambda item: (-item[1], item[0]))
+    return Ranking([doc for doc, _ in pairs], np.array([score for _, score in pairs], dtype=np.float64))
+
+
 def from_scores(scores: dict[str, dict[str, float]]) -> Run:
     """A run from ``{qid: {docid: score}}``: each query's documents by descending score (ties by id)."""
-    run: Run = {}
-    for query_id, docs in scores.items():
-        ranked = sorted(docs.items(), key=lambda item: (-item[1], item[0]))
-        run[query_id] = Ranking([doc for doc, _ in ranked], np.array([s for _, s in ranked], dtype=np.float64))
-    return run
+    return {query_id: ranked(list(docs), list(docs.values())) for query_id, docs in scores.items()}

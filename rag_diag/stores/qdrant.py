@@ -180,7 +180,7 @@ class QdrantReader(RowsInMemory):
             self._texts.append(text)
             self._metadatas.append(metadata)
         options = {"vector": vector_name, "text": text_key, "id": id_key}
-        self._layout = QdrantLayout(list(self._point_ids), [dict(point.payload or {}) for point in points], vector_name,
+        self._layout = QdrantLayout(list(self._point_ids), [point.payload or {} for point in points], vector_name,
                                     {key: value for key, value in options.items() if value})
 
     # ----------------------------------------------------------------------------------- the protocol

@@ -94,6 +94,21 @@ def test_open_refuses_incomplete_folders(tmp_path):
         CollapseTable.open(tmp_path / "partial")
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda summary: {}, "no model, mode, n_docs, n_pairs, corpus_sha256"),
+    (lambda summary: {**summary, "corpus_sha256": None}, "no corpus_sha256"),
+    (lambda summary: {**summary, "mode": "all"}, "unknown mode"),
+    (lambda summary: {**summary, "n_docs": summary["n_docs"] + 1}, "not one run's output"),
+])
+def test_open_refuses_a_summary_that_cannot_vouch_for_its_tables(mock_store, tmp_path, edit, message):
+    """diagnose checks the model and corpus hash of the summary: a hollow one would skip both checks."""
+    folder = collapse_store(mock_store, knn=2).write(tmp_path / "knn")
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps(edit(summary)))
+    with pytest.raises(RagDiagError, match=message):
+        CollapseTable.open(folder)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 

@@ -17,12 +17,15 @@ import polars as pl
 
 from rag_diag import atomic
 from rag_diag.collapse.socm import PairStats, TextStats
+from rag_diag.errors import RagDiagError
 from rag_diag.readers import read_json_object, read_parquet, require_files
 
 KIND = "collapse"
 FILES = ("summary.json", "docs.parquet", "pairs.parquet")
 PAIR_COLUMNS = ("doc_a", "doc_b", "d_mu", "d_sigma", "socm", "cos")
 DOC_COLUMNS = ("doc_id", "n_tokens", "concentration", "trace")
+SUMMARY_KEYS = ("model", "mode", "n_docs", "n_pairs", "corpus_sha256")
+MODES = ("knn", "pairs")
 
 
 def id_column(ids: pl.Series, rows: np.ndarray) -> pl.Series:
@@ -53,6 +56,19 @@ def docs_frame(doc_ids: list[str], texts: np.ndarray, stats: TextStats, knn: Any
             "top_confuser": id_column(ids, knn.top_confuser),
         }
     return pl.DataFrame(columns)
+
+
+def check_summary(summary: dict[str, Any], n_docs: int, n_pairs: int, path: Path) -> None:
+    """Refuse a ``summary.json`` that cannot vouch for its tables: a missing model, corpus hash or mode (the checks
+    against the evaluation would be skipped), or counts that are not those of ``docs.parquet`` / ``pairs.parquet``."""
+    missing = [key for key in SUMMARY_KEYS if not summary.get(key) and summary.get(key) != 0]
+    if missing:
+        raise RagDiagError(f"{path / 'summary.json'}: no {', '.join(missing)}: not a collapse summary")
+    if summary["mode"] not in MODES:
+        raise RagDiagError(f"{path / 'summary.json'}: unknown mode {summary['mode']!r} (expected knn or pairs)")
+    if (summary["n_docs"], summary["n_pairs"]) != (n_docs, n_pairs):
+        raise RagDiagError(f"{path}: summary.json counts {summary['n_docs']} documents and {summary['n_pairs']} "
+                           f"pairs but the tables hold {n_docs} and {n_pairs}: the folder is not one run's output")
 
 
 @dataclass(frozen=True)
@@ -107,4 +123,5 @@ class CollapseTable:
         pairs = read_parquet(path / "pairs.parquet", PAIR_COLUMNS)
         pairs = pairs.with_columns(pl.col("doc_a", "doc_b").cast(pl.String))
         layers = read_parquet(path / "layers.parquet", ()) if (path / "layers.parquet").is_file() else None
+        check_summary(summary, docs.height, pairs.height, path)
         return cls(summary={**summary, "path": str(path)}, docs=docs, pairs=pairs, layers=layers)

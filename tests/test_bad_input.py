@@ -133,6 +133,8 @@ CASES = {
     "empty-strategies": Case([*CHOOSE, "--strategies", ""], 2, ("no pooling strategy given",)),
     "export-over-out": Case(["audit", "--store", "{tmp}/store", "--out", "{tmp}/o", "--export", "{tmp}/o/cls",
                              "--export-pooling", "cls"], 2, ("overlap",)),
+    "ray-address-without-ray": Case(["collapse", "--corpus", "{kb}", "--out", "{tmp}/c", "--knn", "2",
+                                     "--ray-address", "127.0.0.1:1"], 2, ("--ray-address needs --engine ray",)),
     "infinite-budget": Case(["encode", "--corpus", "{kb}", "--out", "{tmp}/enc", "--memory-budget", "inf"], 2,
                             ("--memory-budget must be a positive number of GiB up to",)),
 }

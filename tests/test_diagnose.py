@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
+from test_collapse import gram_atol, svd_oracle_atol
 
 from rag_diag.cli import main
 from rag_diag.collapse.table import CollapseTable
@@ -63,10 +64,9 @@ UNRETRIEVED_TOP = "gpl2+"  # the top document of q-gpl2, whose relevant document
 KNN = 3
 DROPPED_PAIR = ("lgpl2+", "lgpl21+")  # left out of the pair table: diagnose must compute it
 
-# The library computes the dropped pair by the Gram route: Σ√λ over eigenvalues of (ABᵀ)(ABᵀ)ᵀ. An
-# eigenvalue near 0 carries ~eps·σ_max² of error, i.e. √eps·σ_max ≈ 1.5e-8 on its singular value;
-# summed over ≤ 64 tokens that is ≤ 1e-6 on BW², hence on d_Σ and SOCM (cos is exact to ~1e-15).
-COMPUTED_TOL = 1e-6
+# The library computes the dropped pair by the Gram route, the reference by numpy's SVD: the two differ by at
+# most the sum of their rounding bounds (test_collapse.gram_atol and svd_oracle_atol) at the pair's longest
+# text and normalised traces (KB.computed_tol).
 REFERENCE_ORDER_TOL = 1e-12
 """Table rows and ``kb.ref`` are the same float64 reference evaluated with the pair in either order (ABᵀ
 or BAᵀ; LAPACK's SVD of a matrix and of its transpose round differently). Each term is O(1) and its
@@ -121,6 +121,13 @@ class KB:
     def ref(self, a: str, b: str) -> Reference:
         index = {doc_id: i for i, doc_id in enumerate(self.store.doc_ids)}
         return reference_pair(self.store.tokens(index[a]), self.store.tokens(index[b]))
+
+    def computed_tol(self, a: str, b: str) -> float:
+        """Gram route vs the SVD reference on the pair (a, b): the sum of the two routes' rounding bounds."""
+        index = {doc_id: i for i, doc_id in enumerate(self.store.doc_ids)}
+        x1, x2 = self.store.tokens(index[a]), self.store.tokens(index[b])
+        width, dim, c1, c2 = max(len(x1), len(x2)), x1.shape[1], concentration(x1), concentration(x2)
+        return gram_atol(width, dim, c1, c2) + svd_oracle_atol(width, dim, c1, c2)
 
 
 def licence_corpus() -> tuple[Corpus, Queries, Qrels]:
@@ -231,7 +238,7 @@ def test_names_the_confuser_and_its_socm(diagnosed, kb):
         assert row["confuser_id"] == (confuser or UNRETRIEVED_TOP)
         ref = kb.ref(relevant, row["confuser_id"])
         # table rows are our own reference numbers (up to the pair's order); the dropped pair is the library's
-        tol = REFERENCE_ORDER_TOL if row["pair_source"] == "pairs" else COMPUTED_TOL
+        tol = REFERENCE_ORDER_TOL if row["pair_source"] == "pairs" else kb.computed_tol(relevant, row["confuser_id"])
         for stat in ("socm", "d_mu", "d_sigma", "cos"):
             assert row[stat] == pytest.approx(getattr(ref, stat), abs=tol), (query_id, stat)
         assert row["labels_differ"] is True
@@ -280,9 +287,10 @@ def test_verdict_follows_from_evidence_computed_here(diagnosed, kb):
     # by the rule: not adequate (3/7 > 0.10); at 3/7 ≥ 0.30 unsuitable exactly when collapse is implicated
     assert verdict["label"] == ("unsuitable" if verdict["collapse_implicated"] else "at risk")
     threshold = float(np.quantile(kb.collapse.pairs["socm"].to_numpy(), HIGH_SOCM_QUANTILE))
-    pairs = [kb.ref(RUNS[q][0], RUNS[q][2] or UNRETRIEVED_TOP) for q in FAILED]
-    # the dropped pair is the library's: a SOCM within COMPUTED_TOL of the threshold could flip
-    assert all(abs(p.socm - threshold) > COMPUTED_TOL for p in pairs)
+    named = [(RUNS[q][0], RUNS[q][2] or UNRETRIEVED_TOP) for q in FAILED]
+    pairs = [kb.ref(a, b) for a, b in named]
+    # the dropped pair is the library's: a SOCM within its rounding bound of the threshold could flip
+    assert all(abs(p.socm - threshold) > kb.computed_tol(a, b) for p, (a, b) in zip(pairs, named, strict=True))
     null = summary["high_socm_null"]
     assert null["n"] == len(FAILED) and null["n_high"] == sum(p.socm >= threshold for p in pairs)
     share = null["null_share"]

@@ -317,6 +317,39 @@ def test_index_on_ray_equals_the_local_index(ray_local, corpus, tmp_path):
         np.testing.assert_allclose(remote.indexes[name].reconstruct_n(0, len(ids)), want, atol=MOCK_ATOL, rtol=0)
 
 
+def test_token_actor_runs_the_local_passes_within_a_ray_batch(tmp_path):
+    """A Ray batch of 32 texts of 200–231 tokens is 7,000+ padded tokens: the actor splits it as the local pass does
+    (⌊4096 / n_first⌋ texts a pass, longest first), so each pass's memory is bounded and the states are the local
+    pass's (the mock's states do not depend on the batch: equal bits); the passes it reports are those it ran."""
+    from rag_diag.tokens.estimate import batch_slices
+    from rag_diag.tokens.ray_pass import _TokenActor
+
+    encoder = MockEncoder(max_seq_length=512)
+    texts = [" ".join(f"w{i}x{j}" for j in range(198 + i)) for i in range(32)]  # 200 + i tokens with CLS and SEP
+    actor = _TokenActor(encoder, [encoder.num_layers], None, "cpu")
+    out = actor({"row": np.arange(32), "text": np.asarray(texts, dtype=object)})
+    lengths = sorted((len(ids) for ids in encoder.tokenize(texts).input_ids), reverse=True)
+    expected = len(batch_slices(lengths, 32))
+    assert expected == 2 and int(out["passes"].sum()) == expected  # 4096 // 231 = 17 texts, then 15
+    store = encode_texts(texts, model=encoder, cache=False, out=tmp_path / "local", batch_size=32)
+    for row, states in zip(out["row"], out["states"], strict=True):
+        np.testing.assert_array_equal(states.reshape(-1, encoder.dim), np.asarray(store.tokens(int(row))))
+
+
+def test_an_authentication_refusal_says_how_to_authenticate():
+    """Ray's first line says only 'Failed to connect'; the authentication error is chained below it."""
+    from rag_diag.tokens.ray_pass import auth_hint
+
+    try:
+        try:
+            raise PermissionError("AuthenticationError: InvalidAuthToken; RAY_AUTH_MODE is currently 'disabled'")
+        except PermissionError as inner:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from inner
+    except ConnectionError as exc:
+        assert "RAY_AUTH_MODE=token" in auth_hint(exc)
+    assert auth_hint(ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")) == ""
+
+
 # ---------------------------------------------------------------- real model (slow)
 
 

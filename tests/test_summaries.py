@@ -209,3 +209,25 @@ def test_means_over_the_spill_size_live_on_disk_and_collapse_as_in_memory(mock_e
     want, got = knn_collapse(None, 3, summary=in_memory.summary), knn_collapse(None, 3, summary=on_disk.summary)
     np.testing.assert_array_equal(got.doc_b, want.doc_b)
     np.testing.assert_array_equal(got.pairs.socm, want.pairs.socm)
+
+
+def test_the_plan_counts_the_forward_passes_the_shards_run(tmp_path):
+    """Shards of 3 consecutive texts, each sorted and batched alone: the plan's count is the sum of what each
+    shard's encoder pass reports, more than the unsharded count when shards end in short batches."""
+    from rag_diag.models.mock import MockEncoder
+    from rag_diag.tokens.estimate import batch_slices, estimate_encode, sharded_passes
+
+    encoder = MockEncoder()
+    texts = [" ".join(f"t{i}w{j}" for j in range(3 + 5 * i)) for i in range(8)]
+    estimate = estimate_encode(texts, encoder)
+    shard, batch = 3, 2
+    ran = sum(encode_texts(texts[s : s + shard], model=encoder, cache=False, out=tmp_path / f"s{s}", batch_size=batch)
+              .report.forward_passes for s in range(0, len(texts), shard))
+    assert sharded_passes(estimate.lengths, shard, batch) == ran == 2 + 2 + 1  # shards of 3, 3 and 2 texts
+    assert len(batch_slices(sorted(estimate.lengths, reverse=True), batch)) == 4
+    dim = encoder.dim
+    plan = plan_memory(8, estimate.n_tokens, estimate.store_bytes, dim, budget_bytes=1, lengths=estimate.lengths)
+    assert plan.mode == "summaries" and plan.forward_passes == sharded_passes(estimate.lengths, plan.shard_docs)
+    assert f"{plan.forward_passes:,} forward passes" in plan.line()
+    ray = plan_memory(8, estimate.n_tokens, estimate.store_bytes, dim, summaries=True, lengths=estimate.lengths)
+    assert ray.forward_passes is None and "by Ray actors" in ray.line() and "shards" not in ray.line()

@@ -41,6 +41,8 @@ def collapse_command(
     from rag_diag.tokens.extract import encode_corpus
 
     check_mode(pairs, knn, rank)
+    if ray_address is not None and engine != "ray":
+        raise RagDiagError("--ray-address needs --engine ray")
     device = resolve_device(device)
     docs = load_corpus(corpus)
     check_out(out, KIND, force)
@@ -87,7 +89,7 @@ def _bounded(docs: Any, model: str, knn: int, rank: int | None, budget_gib: floa
     estimate = estimate_encode(docs.texts, encoder)
     console.print(estimate.line())
     plan = plan_memory(len(docs), estimate.n_tokens, estimate.store_bytes, encoder.dim, budget,
-                       summaries=engine == "ray")
+                       summaries=engine == "ray", lengths=estimate.lengths)
     if plan.mode == "token-store":
         return None
     assert plan.rank is not None and plan.shard_docs is not None

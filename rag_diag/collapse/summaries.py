@@ -53,6 +53,7 @@ from rag_diag.collapse.spill import spilled, zeros
 from rag_diag.errors import RagDiagError
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import progress_bar, release_heap
+from rag_diag.tokens.estimate import sharded_passes
 from rag_diag.tokens.extract import encode_texts
 from rag_diag.tokens.store import TokenStore
 
@@ -253,6 +254,10 @@ class MemoryPlan:
     reason: str
     token_rows: int = 1 << 17
     """Token rows kNN collapse loads at once (float64): BANK_SHARE of the budget."""
+    forward_passes: int | None = None
+    """The pass's forward passes over the local shards (summaries on the local engine, lengths given), else None."""
+    ray: bool = False
+    """Summaries built by Ray actors (their batches, not the shards)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -261,13 +266,18 @@ class MemoryPlan:
         """The plan in one line, printed before the pass."""
         if self.mode == "token-store":
             return f"plan: one token store, exact kNN collapse ({self.reason})"
-        return (f"plan: rank-{self.rank} summaries built in shards of {self.shard_docs:,} documents ({self.reason}); "
+        where = ("by Ray actors" if self.ray else f"in shards of {self.shard_docs:,} documents"
+                 + ("" if self.forward_passes is None else f", {self.forward_passes:,} forward passes"))
+        return (f"plan: rank-{self.rank} summaries built {where} ({self.reason}); "
                 f"their factors take {self.summary_bytes / 2**20:,.0f} MiB of a temporary file on disk")
+
+
+RAY_REASON = "the Ray engine builds summaries"
 
 
 def plan_memory(
     n_docs: int, n_tokens: int, store_bytes: int, dim: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET,
-    max_store_bytes: int | None = None, summaries: bool = False,
+    max_store_bytes: int | None = None, summaries: bool = False, lengths: Sequence[int] = (),
 ) -> MemoryPlan:
     """The token store when it fits (≤ STORE_SHARE of the budget and ≤ ``max_store_bytes``), else summaries:
 
@@ -275,7 +285,8 @@ def plan_memory(
     float32 factors, on disk (``summary_bytes``); the N·d means stay in memory;
     shard = ⌊SHARD_SHARE·budget / (T/N · d · 4)⌋ documents (at least 1), one shard's token store.
     Either way kNN collapse holds token_rows = ⌊BANK_SHARE·budget / (d·8)⌋ (at least 1024) float64 rows at once.
-    ``summaries`` asks for summaries whatever the size (the Ray engine computes nothing else).
+    ``summaries`` asks for summaries whatever the size (the Ray engine computes nothing else). With the texts'
+    token ``lengths``, local summaries also count their forward passes (:func:`.estimate.sharded_passes`).
     """
     if budget_bytes <= 0:
         raise RagDiagError(f"--memory-budget must be positive, got {budget_bytes}")
@@ -290,8 +301,9 @@ def plan_memory(
     per_doc = max(n_tokens / max(n_docs, 1), 1.0) * dim * 4
     shard = max(1, min(n_docs, int(SHARD_SHARE * budget_bytes // per_doc)))
     capped = max_store_bytes is not None and store_bytes > max_store_bytes
-    why = "the Ray engine builds summaries" if fits else (f"the token store ({store_bytes / 2**20:,.0f} MiB) is over "
+    why = RAY_REASON if fits else (f"the token store ({store_bytes / 2**20:,.0f} MiB) is over "
            + (f"--max-store ({max_store_bytes / 2**20:,.0f} MiB)" if capped and max_store_bytes is not None
               else f"half the memory budget ({budget_bytes / 2**20:,.0f} MiB)"))
+    passes = sharded_passes(lengths, shard) if len(lengths) and not summaries else None
     return MemoryPlan("summaries", budget_bytes, store_bytes, max_store_bytes, rank, shard,
-                      rank * per_rank, why, token_rows)
+                      rank * per_rank, why, token_rows, passes, summaries)

@@ -162,7 +162,7 @@ def rerank(
     drop = config.drop_special and name in ("maxsim", "hybrid")
     row_of = {doc_id: row for row, doc_id in enumerate(doc_store.doc_ids)}
     run: Run = {}
-    with progress_bar(f"re-ranking ({name})", len(first_stage), enabled=len(first_stage) > 200) as advance:
+    with progress_bar(f"re-ranking ({name})", len(first_stage), enabled=len(first_stage) >= 100) as advance:
         for query_index, (query_id, ranking) in enumerate(first_stage.items()):
             head_ids = ranking.doc_ids[: config.depth]
             documents = [doc_store.tokens(row_of[doc_id], drop_special=drop) for doc_id in head_ids]

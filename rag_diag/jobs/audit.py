@@ -195,6 +195,10 @@ def audit_store(
     n_docs = len(stored.doc_ids)
     if n_docs < 2:
         raise RagDiagError(f"{stored.path}: the store holds {n_docs} document(s); an audit needs two")
+    engine = engine or Engine()
+    engine.check()
+    if estimate_only and engine.name == "ray":
+        raise RagDiagError("--estimate encodes only its sample, on the local engine: drop --engine ray")
     encoder = model if isinstance(model, Encoder) else load_encoder(model)
     check = check_model(stored, encoder, sample, seed, pooling)
     estimate = estimate_encode(stored.texts, encoder, seed=seed)
@@ -204,13 +208,10 @@ def audit_store(
     if estimate_only:
         return _estimated_audit(stored, encoder, check, estimate, queries, qrels, k=k, k_graph=k_graph,
                                 sample=sample, seed=seed, command=command)
-    engine = engine or Engine()
-    if engine.name not in ("local", "ray"):
-        raise RagDiagError(f"--engine must be local or ray, got {engine.name!r}")
     if engine.name == "ray" and engine.model is None and isinstance(model, str):
         engine = Engine("ray", engine.address, model)
     plan = plan_memory(n_docs, estimate.n_tokens, estimate.store_bytes, encoder.dim, memory_budget, max_store,
-                       summaries=engine.name == "ray")
+                       summaries=engine.name == "ray", lengths=estimate.lengths)
     if on_plan is not None:
         on_plan(plan)
     probes = queries is None

@@ -24,6 +24,7 @@ import numpy as np
 from rag_diag.collapse.knn import KnnResult, knn_collapse
 from rag_diag.collapse.summaries import MemoryPlan, build_summaries, collapse_from_summaries
 from rag_diag.corpora.io import Qrels, Queries
+from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.evaluate import BASELINE, retrieve
 from rag_diag.models.protocol import Encoder
 from rag_diag.progress import peak_rss_gib
@@ -73,6 +74,13 @@ class Engine:
     name: str = "local"
     address: str | None = None
     model: str | None = None
+
+    def check(self) -> None:
+        """Refuse an unknown engine, and a Ray address given to the local engine (it would be ignored)."""
+        if self.name not in ("local", "ray"):
+            raise RagDiagError(f"--engine must be local or ray, got {self.name!r}")
+        if self.address is not None and self.name != "ray":
+            raise RagDiagError("--ray-address needs --engine ray")
 
 
 def run_pass(stored: StoredIndex, encoder: Encoder, plan: MemoryPlan, k: int, engine: Engine | None = None,

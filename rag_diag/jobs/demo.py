@@ -19,7 +19,8 @@ from rag_diag.report.choose import choose_report
 
 def merge_reports(audit: ReportData, choice: ReportData, title: str, commands: list[str]) -> ReportData:
     """The audit's findings and diagnosis, with the pooling comparison's table and recommendation."""
-    recommended = [h for h in choice.headline if h.label in ("recommended", f"{choice.delta_metric} gain over mean")]
+    labels = ("recommended", f"{choice.delta_metric} gain over mean, held out", "fixes / breaks at rank 1")
+    recommended = [h for h in choice.headline if h.label in labels]
     return ReportData(
         title=title,
         headline=[*audit.headline, *recommended],

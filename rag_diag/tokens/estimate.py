@@ -47,9 +47,11 @@ class EncodeEstimate:
     seconds: float
     full_lengths: tuple[int, ...] = field(default=(), repr=False)
     """Every text's untruncated token count (not in :meth:`to_dict`)."""
+    lengths: tuple[int, ...] = field(default=(), repr=False)
+    """Every text's token count in the window, what the pass encodes (not in :meth:`to_dict`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "full_lengths"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("full_lengths", "lengths")}
 
     def line(self) -> str:
         """One line for the terminal."""
@@ -91,6 +93,13 @@ def batch_slices(lengths_desc: Sequence[int], batch_size: int) -> list[slice]:
     return slices
 
 
+def sharded_passes(lengths: Sequence[int], shard_docs: int, batch_size: int = 32) -> int:
+    """Forward passes of a pass in shards of ``shard_docs`` consecutive texts, each sorted longest first and batched
+    by :func:`batch_slices`: Σ over the shards (each shard can end in a short batch, so ≥ the unsharded count)."""
+    return sum(len(batch_slices(sorted(lengths[start : start + shard_docs], reverse=True), batch_size))
+               for start in range(0, len(lengths), max(shard_docs, 1)))
+
+
 def padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
     """Σ over the forward passes (:func:`batch_slices` of the texts sorted longest first) of |batch| · its longest."""
     ordered = sorted(lengths, reverse=True)
@@ -125,5 +134,5 @@ def estimate_encode(
         forward_passes=len(batch_slices(sorted(lengths, reverse=True), batch_size)),
         store_bytes=n_tokens * encoder.dim * BYTES_PER_VALUE[dtype],
         calibration_documents=len(sample), calibration_seconds=elapsed, seconds=elapsed * scale,
-        full_lengths=tuple(full_lengths),
+        full_lengths=tuple(full_lengths), lengths=tuple(lengths),
     )

@@ -69,7 +69,8 @@ returning the freed heap, so writing a store of any size holds at most this much
 (``memory_budget / 4`` when given). Encoding 4,132 ``kb-scale`` texts in a summaries pass's shards peaked 0.34 GiB
 above the start with 16 MiB, 0.52–0.58 with 64, in 96–105 s against 93–96 (``benchmarks/bench_shard_heap.py``)."""
 
-HiddenBatches = Iterator[tuple[np.ndarray, list[np.ndarray]]]
+HiddenBatches = Iterator[tuple[np.ndarray, list[np.ndarray], int]]
+"""Per yielded batch: the row indices, each text's hidden states (layers, n_i, d), and the forward passes it took."""
 """Per forward pass: the row indices of its texts and each text's hidden states (layers, n_i, d)."""
 
 
@@ -89,7 +90,7 @@ def local_batches(encoder: Encoder, input_ids: list[list[int]], order: np.ndarra
     for part in batch_slices([len(input_ids[i]) for i in order], batch_size):
         batch = order[part]
         rows = encoder.hidden_states([input_ids[i] for i in batch], layers)
-        yield batch, [rows[:, position, : len(input_ids[i])] for position, i in enumerate(batch)]
+        yield batch, [rows[:, position, : len(input_ids[i])] for position, i in enumerate(batch)], 1
 
 
 def store_bytes(n_tokens: int, n_layers: int, dim: int, dtype: str) -> int:
@@ -150,8 +151,8 @@ def _write_store(
                                      batch_size=batch_size, max_seq_length=encoder.max_seq_length, options=ray)
     written = np.zeros(len(texts), dtype=bool)
     passes = unreleased = 0
-    for batch, states in batches:
-        passes += 1
+    for batch, states, done in batches:
+        passes += done
         for index, rows in zip(batch, states, strict=True):
             n = int(lengths[index])
             if written[index] or rows.shape[1] != n:

@@ -73,7 +73,7 @@ def encode_means(texts: Sequence[str], encoder: Encoder, batch_size: int = 32,
     means = np.empty((len(texts), encoder.dim), dtype=np.float32)
     unreleased = 0
     with progress_bar(description, len(texts), enabled=len(texts) >= PROGRESS_TEXTS) as advance:
-        for batch, states in local_batches(encoder, tokenized.input_ids, order, [encoder.num_layers], batch_size):
+        for batch, states, _ in local_batches(encoder, tokenized.input_ids, order, [encoder.num_layers], batch_size):
             for index, rows in zip(batch, states, strict=True):
                 means[index] = rows[0].sum(axis=0, dtype=np.float64) / rows.shape[1]
                 unreleased += rows.nbytes

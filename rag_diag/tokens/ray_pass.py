@@ -90,11 +90,26 @@ def ray_session(ray: Any, address: str | None, num_cpus: int | None) -> Iterator
         raise
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError … here
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise RagDiagError(f"cannot start {where}: {first_line(exc)}") from None
+        raise RagDiagError(f"cannot start {where}: {first_line(exc)}{auth_hint(exc)}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def auth_hint(exc: BaseException) -> str:
+    """A hint when Ray's refusal was its token authentication, which the first line of its error leaves out (the
+    cause sits further down the message or in a chained exception)."""
+    texts, current = [], exc
+    for _ in range(8):
+        texts.append(f"{type(current).__name__} {current}")
+        following = current.__cause__ or current.__context__
+        if following is None:
+            break
+        current = following
+    if any("auth" in text.lower() for text in texts):
+        return " (the cluster authenticates: set RAY_AUTH_MODE=token and its token, as the README says)"
+    return ""
 
 
 def ray_failure(exc: BaseException) -> RagDiagError:
@@ -135,7 +150,8 @@ def actor_env() -> dict[str, str]:
 
 
 class _TokenActor:
-    """Ray Data callable class: one encoder per actor, one forward pass per batch, states per text."""
+    """Ray Data callable class: one encoder per actor; each Ray batch in the local pass's forward passes (sorted
+    longest first, :func:`rag_diag.tokens.estimate.batch_slices`), states per text."""
 
     def __init__(self, model: str | Encoder, layers: list[int], max_seq_length: int | None, device: str) -> None:
         if isinstance(model, str):
@@ -147,13 +163,22 @@ class _TokenActor:
         self.layers = layers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from rag_diag.tokens.estimate import batch_slices
+
         input_ids = self.encoder.tokenize([str(t) for t in batch["text"]]).input_ids
-        states = self.encoder.hidden_states(input_ids, self.layers)  # (layers, texts, width, d)
+        order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))  # stable: the driver's order
         flat = np.empty(len(input_ids), dtype=object)
-        for position, ids in enumerate(input_ids):
-            flat[position] = np.ascontiguousarray(states[:, position, : len(ids)], dtype=np.float32).reshape(-1)
+        # the local pass's forward passes (at most BATCH_TOKENS padded tokens each), not one pass per Ray batch
+        parts = batch_slices([len(input_ids[i]) for i in order], len(order))
+        for part in parts:
+            texts = order[part]
+            states = self.encoder.hidden_states([input_ids[i] for i in texts], self.layers)  # (layers, texts, w, d)
+            for position, i in enumerate(texts):
+                flat[i] = np.ascontiguousarray(states[:, position, : len(input_ids[i])], dtype=np.float32).reshape(-1)
+        passes = np.zeros(len(input_ids), dtype=np.int64)
+        passes[:1] = len(parts)  # the call's forward passes, on its first row: a column sums them
         return {"row": np.asarray(batch["row"], dtype=np.int64),
-                "n": np.array([len(ids) for ids in input_ids], dtype=np.int64), "states": flat}
+                "n": np.array([len(ids) for ids in input_ids], dtype=np.int64), "states": flat, "passes": passes}
 
 
 @contextmanager
@@ -195,7 +220,7 @@ def ray_hidden_batches(
     batch_size: int,
     max_seq_length: int | None,
     options: RayOptions,
-) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+) -> Iterator[tuple[np.ndarray, list[np.ndarray], int]]:
     """Per Ray batch: the row indices and each text's hidden states (layers, n_i, d), in the order Ray returns.
 
     ``order`` is the order the texts are fed in (longest first keeps padding low); every row is yielded once.
@@ -217,4 +242,4 @@ def ray_hidden_batches(
             rows = np.asarray(batch["row"], dtype=np.int64)
             states = [np.asarray(s, dtype=np.float32).reshape(len(layers), int(n), dim)
                       for s, n in zip(batch["states"], batch["n"], strict=True)]
-            yield rows, states
+            yield rows, states, int(np.asarray(batch["passes"]).sum())

@@ -105,11 +105,22 @@ def test_export_loads_and_returns_our_top10(minilm_bundle, minilm, licence_beir,
     store = FAISS.load_local(str(folder), embeddings, allow_dangerous_deserialization=True)
     query_store = encode_texts(queries.texts, model=minilm, ids=queries.ids)
     vectors = index_vectors(pool_store("mean", query_store), "cosine")
-    _, rows = search(minilm_bundle.index("mean"), vectors, 10, "cosine")
-    ids = minilm_bundle.doc_ids
-    for text, row in zip(queries.texts, rows, strict=True):
+    scores, rows = search(minilm_bundle.index("mean"), vectors, 11, "cosine")
+    ids, eps32 = minilm_bundle.doc_ids, float(np.finfo(np.float32).eps)
+    checked = 0
+    for position, (text, row) in enumerate(zip(queries.texts, rows, strict=True)):
         found = [doc.metadata["id"] for doc in store.similarity_search(text, k=10)]
-        assert found == [ids[r] for r in row]
+        # LangChain embeds the query itself (batch of one): its unit query q' is off ours by ‖q − q'‖, so each
+        # unit document's score moves by ≤ ‖q − q'‖ plus a d-term float32 dot product's rounding, (d + 2)·eps32,
+        # on each side; two places can swap only where adjacent scores are closer than twice that
+        theirs = np.asarray(embeddings.embed_query(text), dtype=np.float64)
+        slack = 2 * (float(np.linalg.norm(theirs - vectors[position])) + (len(theirs) + 2) * eps32)
+        gaps = -np.diff(scores[position].astype(np.float64))  # 10 gaps between the 11 scores
+        for place in range(10):
+            if gaps[place] > slack and (place == 0 or gaps[place - 1] > slack):
+                assert found[place] == ids[row[place]], (text, place)
+                checked += 1
+    assert checked >= 5 * len(queries.texts), "too few places decided by more than the query's drift"
 
 
 @pytest.mark.slow

@@ -79,9 +79,9 @@ def test_cosine_store_is_inner_product_on_unit_vectors(tmp_path, chromadb, small
     stored = open_store(build(tmp_path / "c", chromadb, vectors * 3.0, ids=ids, documents=documents))
     got = stored.vectors(np.arange(5))
     assert stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6, rtol=0)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    np.testing.assert_allclose(got, unit[np.argsort(ids)], atol=1e-6)
+    np.testing.assert_allclose(got, unit[np.argsort(ids)], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("space", ["cosine", "l2"])
@@ -232,7 +232,7 @@ def test_real_store_round_trips(real_store, licences, chromadb):
     np.testing.assert_allclose(streamed, means[rows], rtol=1e-6, atol=1e-7)
     unit = means[rows].astype(np.float64) / np.linalg.norm(means[rows].astype(np.float64), axis=1, keepdims=True)
     got = stored.vectors(np.arange(len(doc_ids)))
-    np.testing.assert_allclose(got, unit, atol=1e-6)
+    np.testing.assert_allclose(got, unit, atol=1e-6, rtol=0)
     assert isinstance(stored.index, faiss.IndexFlat) and stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
 
 

@@ -117,7 +117,7 @@ def test_simple_store_rows_sorted_by_node_id_with_vectors_bit_for_bit(tmp_path, 
     stored = stored_from_reader(reader)
     assert isinstance(stored.index, faiss.IndexFlat) and stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
     unit = vectors[order] / np.linalg.norm(vectors[order], axis=1, keepdims=True)
-    np.testing.assert_allclose(stored.vectors(np.arange(5)), unit, atol=1e-6)
+    np.testing.assert_allclose(stored.vectors(np.arange(5)), unit, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(("flat", "metric", "distance"), [

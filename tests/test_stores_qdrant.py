@@ -88,9 +88,9 @@ def test_cosine_store_is_inner_product_on_unit_vectors(tmp_path, qdrant, small):
     stored = open_store(folder)
     got = stored.vectors(np.arange(5))
     assert stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6, rtol=0)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    np.testing.assert_allclose(got, unit[np.argsort(ids)], atol=1e-6)
+    np.testing.assert_allclose(got, unit[np.argsort(ids)], atol=1e-6, rtol=0)
     scores, rows = stored.index.search(np.ascontiguousarray(got[:1], dtype=np.float32), 5)
     assert rows[0, 0] == 0 and scores[0, 0] == pytest.approx(1.0, abs=1e-6)
 
@@ -326,7 +326,7 @@ def test_real_store_round_trips(real_store, licences, qdrant):
     assert got.dtype == np.float64 and np.array_equal(got.astype(np.float32).astype(np.float64), got)
     # bit for bit what the client itself returns, and the model's normalised means
     np.testing.assert_array_equal(got.astype(np.float32), client_vectors(folder, qdrant, list(range(n))))
-    np.testing.assert_allclose(got, means, atol=1e-6)
+    np.testing.assert_allclose(got, means, atol=1e-6, rtol=0)
     assert isinstance(stored.index, faiss.IndexFlat) and stored.index.metric_type == faiss.METRIC_INNER_PRODUCT
 
 

@@ -45,11 +45,11 @@ def test_only_texts_cut_by_the_window_are_chunked(tmp_path):
         unit(whole.means()[[0, 2]]),
         unit(encode_texts(chunks, model=ENCODER, out=tmp_path / "chunks", cache=False).means()),
     ])
-    np.testing.assert_allclose(stored_vectors(index), expected, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(index), expected, atol=1e-6, rtol=0)
     # without the corpus' token store the same vectors come from fresh passes (in corpus order)
     fresh = WindowedIndex.build(CORPUS, ENCODER)
     np.testing.assert_array_equal(fresh.chunk_doc, [0, 1, 1, 1, 1, 1, 2])
-    np.testing.assert_allclose(stored_vectors(fresh), expected[[0, 2, 3, 4, 5, 6, 1]], atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(fresh), expected[[0, 2, 3, 4, 5, 6, 1]], atol=1e-6, rtol=0)
 
 
 def test_a_query_matching_the_tail_finds_the_cut_document(tmp_path):
@@ -60,7 +60,7 @@ def test_a_query_matching_the_tail_finds_the_cut_document(tmp_path):
     run = index.search(queries, query_store, depth=3)
     best = next(iter(run["q"].items()))
     assert best[0] == "cut"
-    np.testing.assert_allclose(best[1], 1.0, atol=1e-5)
+    np.testing.assert_allclose(best[1], 1.0, atol=1e-5, rtol=0)
 
 
 def dense(words: list[str]) -> str:
@@ -94,7 +94,7 @@ def test_chunks_dense_in_tokens_are_cut_again_until_they_fit(tmp_path):
     assert index.n_chunks_truncated == 0
     np.testing.assert_array_equal(index.chunk_doc, [0] * len(chunks) + [1] * len(short))
     expected = unit(encode_texts(chunks + short, model=ENCODER, out=tmp_path / "chunks", cache=False).means())
-    np.testing.assert_allclose(stored_vectors(index), expected, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(index), expected, atol=1e-6, rtol=0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -153,8 +153,9 @@ def test_a_store_holding_more_documents_in_another_order_serves_those_that_fit(t
     np.testing.assert_array_equal(served.chunk_doc, [0, 1, 1, 1, 1, 1])
     np.testing.assert_array_equal(fresh.chunk_doc, served.chunk_doc)
     bound = (ENCODER.dim + 4) * np.finfo(np.float32).eps  # two float32 normalisations of one vector
-    np.testing.assert_allclose(stored_vectors(served)[1:], stored_vectors(fresh)[1:], atol=bound)
-    np.testing.assert_allclose(stored_vectors(served)[0], unit(whole.means()[[0]].astype(np.float64))[0], atol=bound)
+    np.testing.assert_allclose(stored_vectors(served)[1:], stored_vectors(fresh)[1:], atol=bound, rtol=0)
+    np.testing.assert_allclose(stored_vectors(served)[0], unit(whole.means()[[0]].astype(np.float64))[0], atol=bound,
+                               rtol=0)
     assert np.abs(stored_vectors(served)[0] - stored_vectors(fresh)[0]).max() > 0.1
 
 

@@ -13,7 +13,8 @@ A = Y / (√n·a) (the normalised centred matrix, ‖A‖²_F = c) and λ_1 ≥ 
 - the kept trace Σ_{i≤r} λ_i moves by ≤ r·ε_S (Weyl), the tail τ = c − kept by ≤ |Δc| + r·ε_S;
 - Σ_r = [AᵀA]_r = FᵀF = P S P (P the top-r eigenprojector): ‖ΔΣ_r‖₂ ≤ ε_S + 2λ_1·‖ΔP‖₂ and, by Davis–Kahan,
   ‖ΔP‖₂ ≤ ε_S / (λ_r − λ_{r+1} − ε_S) when the gap exceeds ε_S (else no bound: the factor is ill-defined);
-- plus float32 storage: unit means ≤ eps32 an entry, FᵀF ≤ 2.1·eps32·c an entry, each side.
+  a text of n ≤ r + 1 tokens has rank A ≤ r, so Σ_r = AᵀA and ‖ΔΣ_r‖₂ ≤ ε_S;
+- plus float32 storage: unit means ≤ eps32 an entry, FᵀF ≤ 2.1·eps32·c an entry, each side (c itself: 4·eps32·c).
 
 A pair's SOCM on summaries is (1 − d_μ)·BW²(Σ_r,a, Σ_r,b)/4 with d_μ = (1 − u_a·u_b)/2. BW is a metric and
 BW(Σ, Σ') ≤ ‖Σ^½ − Σ'^½‖_F ≤ √‖Σ − Σ'‖_* ≤ √(2r·‖ΔΣ_r‖₂) =: β (Powers–Størmer; ΔΣ_r has rank ≤ 2r), so
@@ -73,6 +74,8 @@ def summary_tolerances(texts_states: list[np.ndarray], rank: int, eta: float) ->
         d_kept = rank * (eps_s + eig_round)
         gap = lam[rank - 1] - lam[rank]
         davis_kahan = eps_s + 2 * lam[0] * eps_s / (gap - eps_s) if gap > eps_s else np.inf
+        if n - 1 <= rank:  # rank A ≤ n − 1 ≤ r: Σ_r = AᵀA itself, bounded by ε_S
+            davis_kahan = eps_s
         sigma_r = davis_kahan + 2 * 2.1 * EPS32 * c + eig_round
         rows.append((2 * m / a + 2 * np.sqrt(d) * EPS32, d_spread + n * d * EPS64 * spread, d_c + 4 * EPS32 * c,
                      d_kept, d_c + d_kept, sigma_r, kept_value))

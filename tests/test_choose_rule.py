@@ -93,19 +93,43 @@ def test_the_deployed_configuration_is_the_family_member_best_on_the_training_qu
     assert held.score == 1.0 and held.fixes == N_QUERIES
 
 
-def row(name: str, score: float, p_mean: float | None, n_differ: int | None) -> Candidate:
+def row(name: str, score: float, p_mean: float | None, n_differ: int | None, p_raw: float | None = None) -> Candidate:
     return Candidate(name=name, chosen=name, metrics={m: score for m in METRICS}, score=score, in_sample=score,
                      p_vs_mean=p_mean, p_vs_best=None, fixes=0, breaks=0, p_flips=None, bytes_per_doc=1536.0,
-                     latency_ms=1.0, index_bytes=0, n_differ=n_differ)
+                     latency_ms=1.0, index_bytes=0, n_differ=n_differ, p_raw=p_mean if p_raw is None else p_raw)
 
 
-def test_smallest_corrected_p_is_k_times_the_exact_floor():
-    # the highest non-mean candidate (cls) differs from mean on 5 queries: exact p ≥ 2/2^5; Holm over K = 3
-    # multiplies the smallest p by 3 → 3 · 1/16 = 0.1875
+def test_smallest_corrected_p_is_holm_with_the_exact_floor():
+    # the highest non-mean candidate (cls) differs from mean on 5 queries: exact p ≥ 2/2^5 = 1/16. The others' raw
+    # p (0.3, 1) are larger, so Holm multiplies 1/16 by K = 3 → 3/16
     table_ = [row("mean", 0.5, None, None), row("cls", 0.6, 0.3, 5), row("max", 0.4, 0.3, 9), row("sif", 0.5, 1, 0)]
     assert smallest_corrected_p(table_) == 3 / 16
+    # with another candidate's raw p smaller (1e-4, first in Holm's order: ×3), cls's is second: ×2 → 2/16 = 0.125;
+    # and with two smaller: ×1 → 1/16
+    worse = [row("mean", 0.5, None, None), row("cls", 0.6, 0.3, 5), row("max", 0.4, 3e-4, 9, 1e-4),
+             row("sif", 0.5, 1, 0)]
+    assert smallest_corrected_p(worse) == 2 / 16
+    both = [*worse[:3], row("sif", 0.4, 4e-4, 9, 2e-4)]
+    assert smallest_corrected_p(both) == 1 / 16
     assert smallest_corrected_p([row("mean", 0.5, None, None), row("cls", 0.6, 0.01, 17)]) is None  # Monte-Carlo
     assert smallest_corrected_p([row("mean", 0.5, None, None)]) is None
+
+
+def test_the_floor_is_reached_by_the_real_rule():
+    """The review's case, through the real evidence: mean 0.5 everywhere; y and z 0.49 everywhere (significantly
+    worse: tiny raw p); x differs on 6 queries. With one of the six negative mean stays; the floor must then allow
+    what happens when all six are positive: p = 2/2^6, Holm-ranked after y and z (×1) → 1/32 < 0.05 → x."""
+    ids, groups = [f"q{i}" for i in range(N_QUERIES)], np.arange(N_QUERIES)
+    base = np.full(N_QUERIES, 0.5)
+    x_mixed, x_up = base.copy(), base.copy()
+    x_mixed[:6], x_up[:6] = [1, 1, 1, 1, 1, 0], 1.0
+    runs = {"mean": table(base), "y": table(base - 0.01), "z": table(base - 0.01)}
+    mixed = candidates_from(cross_validate_families({**runs, "x": table(x_mixed)}, ids, groups, SEED), ids, {})
+    assert decide(mixed)[0] == "mean"
+    floor = smallest_corrected_p(mixed)
+    up = candidates_from(cross_validate_families({**runs, "x": table(x_up)}, ids, groups, SEED), ids, {})
+    reached = {c.name: c for c in up}["x"].p_vs_mean
+    assert decide(up)[0] == "x" and reached == pytest.approx(2 / 2**6, abs=1e-15) and floor <= reached
 
 
 def summary_for(recommended: str, rows: list[Candidate], held: dict) -> dict:
@@ -123,7 +147,7 @@ def test_keep_mean_names_the_highest_candidate_and_says_when_no_test_could_decid
     rows = [row("mean", 0.5, None, None), row("bm25", 1.0, 0.125, 5)]  # 1 · 2/2^5 = 0.0625 ≥ 0.05
     text = what_to_change({}, pl.DataFrame(), summary_for("mean", rows, HELD_MEAN))
     assert "no candidate beats it significantly" in text and "the highest, bm25, 1.000 at corrected p = 0.125" in text
-    assert "could not go below 0.0625 over 1 candidates" in text
+    assert "could not go below 0.0625 (Holm over 1 candidates)" in text
     assert "following the advice scores MRR@10 0.500 vs 0.500 for mean" in text
     enough = [row("mean", 0.5, None, None), row("bm25", 0.6, 0.3, 12)]  # 2/2^12 < 0.05: the test could decide
     assert "could not go below" not in what_to_change({}, pl.DataFrame(), summary_for("mean", enough, HELD_MEAN))

@@ -72,7 +72,7 @@ def _keep_mean(recommendation: Mapping[str, Any], rows: Mapping[str, Mapping[str
     floor = recommendation.get("smallest_corrected_p")
     if floor is not None and floor >= alpha:
         text += (f" With {top['n_differ']} queries scored differently, its corrected p could not go below "
-                 f"{floor:.3g} over {len(others)} candidates: more queries are needed to show a difference.")
+                 f"{floor:.3g} (Holm over {len(others)} candidates): more queries are needed to show a difference.")
     return text
 
 

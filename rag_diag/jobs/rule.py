@@ -35,7 +35,7 @@ import numpy as np
 from rag_diag.errors import RagDiagError
 from rag_diag.evaluation.counterfactual import counterfactuals, success_from_metric
 from rag_diag.evaluation.crossval import Configuration, CrossValResult, assign_folds, cross_validate
-from rag_diag.evaluation.significance import ALPHA, EXACT_LIMIT, N_FLIPS, compare_to_baseline, paired_test
+from rag_diag.evaluation.significance import ALPHA, EXACT_LIMIT, N_FLIPS, compare_to_baseline, holm, paired_test
 
 PRIMARY_METRIC = "MRR@10"
 """The metric the rule decides on: rank of the first relevant document, the RAG-relevant quantity."""
@@ -58,7 +58,7 @@ class Candidate:
     """One family of runs: in-sample and out-of-fold scores, tests against mean and the best, flips, cost.
 
     ``n_differ`` counts the queries whose out-of-fold score differs from mean's: the sign-flip test's n, which
-    bounds the smallest p it can give (2 / 2^n when exact)."""
+    bounds the smallest p it can give (2 / 2^n when exact); ``p_raw`` is that test's p before Holm's correction."""
 
     name: str
     chosen: str
@@ -75,6 +75,7 @@ class Candidate:
     index_bytes: int
     dim: int | None = None
     n_differ: int | None = None
+    p_raw: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------- the rule
@@ -114,16 +115,18 @@ def decide(candidates: list[Candidate]) -> tuple[str, str]:
 
 
 def smallest_corrected_p(candidates: list[Candidate]) -> float | None:
-    """The smallest Holm-corrected p the highest-scoring non-mean candidate could have had: K · 2 / 2^n for its
-    n differing queries (exact test, n ≤ 16) among K tested candidates; None above 16 (Monte-Carlo, no such floor
-    worth stating) or without candidates."""
+    """The smallest Holm-corrected p the highest-scoring non-mean candidate could have had: its raw p set to the exact
+    test's floor 2 / 2^n (n its differing queries, n ≤ 16) and Holm applied with the other candidates' raw p-values
+    as they are (Holm multiplies by K only the smallest p); None above 16 (Monte-Carlo) or without candidates."""
     others = [c for c in candidates if c.name != BASELINE]
     if not others:
         return None
     top = max(others, key=lambda c: c.score)
     if top.n_differ is None or top.n_differ > EXACT_LIMIT:
         return None
-    return 1.0 if top.n_differ < 2 else min(1.0, len(others) * 2.0 ** (1 - top.n_differ))
+    floor = 1.0 if top.n_differ < 2 else 2.0 ** (1 - top.n_differ)
+    raw = [floor if c is top else (1.0 if c.p_raw is None else c.p_raw) for c in others]
+    return float(holm(raw)[others.index(top)])
 
 
 # ---------------------------------------------------------------------------------------------- evidence
@@ -195,6 +198,7 @@ def candidates_from(by_family: dict[str, CrossValResult], query_ids: list[str],
             bytes_per_doc=float(cost["bytes_per_doc"]), latency_ms=float(cost["latency_ms"]),
             index_bytes=int(cost["index_bytes"]), dim=None if cost.get("dim") is None else int(cost["dim"]),
             n_differ=None if test_mean is None else int(test_mean["n_nonzero"]),
+            p_raw=None if test_mean is None else float(test_mean["p_value"]),
         ))
     return rows
 

@@ -70,8 +70,8 @@ returning the freed heap, so writing a store of any size holds at most this much
 above the start with 16 MiB, 0.52–0.58 with 64, in 96–105 s against 93–96 (``benchmarks/bench_shard_heap.py``)."""
 
 HiddenBatches = Iterator[tuple[np.ndarray, list[np.ndarray], int]]
-"""Per yielded batch: the row indices, each text's hidden states (layers, n_i, d), and the forward passes it took."""
-"""Per forward pass: the row indices of its texts and each text's hidden states (layers, n_i, d)."""
+"""Per yielded batch: the row indices, each text's hidden states (layers, n_i, d), and the forward passes it took
+(one locally; a Ray batch reports those its actor ran)."""
 
 
 def release_written(embeddings: np.memmap) -> None:

@@ -221,7 +221,8 @@ def ray_hidden_batches(
     max_seq_length: int | None,
     options: RayOptions,
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray], int]]:
-    """Per Ray batch: the row indices and each text's hidden states (layers, n_i, d), in the order Ray returns.
+    """Per Ray batch: the row indices, each text's hidden states (layers, n_i, d), in the order Ray returns, and the
+    forward passes the actors ran for it.
 
     ``order`` is the order the texts are fed in (longest first keeps padding low); every row is yielded once.
     """

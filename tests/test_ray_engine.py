@@ -24,6 +24,7 @@ pytest.importorskip("ray.data")
 pytestmark = pytest.mark.optional  # the 'ray' extra
 
 from summary_bounds import SummaryTolerances, collapse_tolerances, measured_beta, summary_tolerances  # noqa: E402
+from test_encode import forward_atol  # noqa: E402
 
 from rag_diag.collapse import spill  # noqa: E402
 from rag_diag.collapse.knn import CovarianceSummary, covariance_summary, knn_collapse  # noqa: E402
@@ -116,9 +117,9 @@ def gram(factors: np.ndarray) -> np.ndarray:
     return np.einsum("nri,nrj->nij", f, f)
 
 
-def state_atol(states: list[np.ndarray], layers: int = 6, width: int = 1536) -> float:
-    """η: two float32 MiniLM forward passes batched differently (test_encode.forward_atol's estimate)."""
-    return layers * np.sqrt(width) * float(np.finfo(np.float32).eps) * max(float(np.abs(s).max()) for s in states)
+def state_atol(states: list[np.ndarray]) -> float:
+    """η: two float32 MiniLM forward passes batched differently (test_encode.forward_atol over every text)."""
+    return forward_atol(np.concatenate([np.asarray(s).reshape(-1) for s in states]))
 
 
 def assert_summaries_within(got: CovarianceSummary, want: CovarianceSummary, tol: SummaryTolerances) -> None:

@@ -301,6 +301,8 @@ def test_cls_store_audited_as_cls_with_native_search(real_store, licences, minil
 def test_export_writes_the_chosen_pooling_as_a_new_collection(real_store, licences, minilm, tmp_path):
     """``audit --export`` writes the audit's own encoder pass pooled with cls into a new Chroma folder, which
     a cls audit accepts and whose vectors are the normalised CLS vectors (to the two passes' float32 round-off)."""
+    from test_encode import forward_atol
+
     from rag_diag.cli import main
     from rag_diag.tokens.extract import encode_texts
 
@@ -325,7 +327,7 @@ def test_export_writes_the_chosen_pooling_as_a_new_collection(real_store, licenc
     # two encoder passes (the audit's, this one) batched differently: states within η, the suite's float32
     # round-off estimate (test_encode.forward_atol), so a unit CLS vector moves by ≤ 2√d·η/‖cls‖ (plus its storage)
     all_states = np.concatenate([np.asarray(tokens.tokens(i)) for i in range(len(texts))])
-    eta = 6 * np.sqrt(1536) * float(np.finfo(np.float32).eps) * float(np.abs(all_states).max())
+    eta = forward_atol(all_states)
     bound = 2 * np.sqrt(raw.shape[1]) * (eta / np.linalg.norm(raw, axis=1) + float(np.finfo(np.float32).eps))
     assert (np.linalg.norm(got - cls[rows], axis=1) <= bound[rows]).all()
     status = main(["audit", "--store", str(export), "--out", str(tmp_path / "again"), "--pooling", "cls",
